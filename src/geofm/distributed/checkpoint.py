@@ -1,0 +1,88 @@
+"""Sharded, atomic checkpoints with ``torch.distributed.checkpoint`` (DCP).
+
+Layout: ``<dir>/step-0000100/`` holds DCP shards plus ``.complete`` (written last, by rank 0, after every
+rank has finished). A directory without ``.complete`` is a half-written checkpoint: it is never loaded
+and is removed by the next save. ``get_state_dict`` / ``set_state_dict`` give FQNs that do not depend on
+the wrapping (DDP, FSDP2, none), so a checkpoint resumes at another world size and another strategy.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict, set_state_dict)
+
+_MARK = ".complete"
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def complete_steps(ckpt_dir: Path) -> list[int]:
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.exists():
+        return []
+    return sorted(int(p.name.split("-")[1]) for p in ckpt_dir.glob("step-*")
+                  if p.is_dir() and (p / _MARK).exists() and p.name.split("-")[1].isdigit())
+
+
+def latest_step(ckpt_dir: Path) -> int | None:
+    steps = complete_steps(ckpt_dir)
+    return steps[-1] if steps else None
+
+
+def step_dir(ckpt_dir: Path, step: int) -> Path:
+    return Path(ckpt_dir) / f"step-{step:07d}"
+
+
+def save(ckpt_dir: Path, step: int, model, optimizer, extra: dict, keep_last: int = 2) -> Path:
+    ckpt_dir = Path(ckpt_dir)
+    final = step_dir(ckpt_dir, step)
+    if _rank() == 0:
+        for p in ckpt_dir.glob("step-*"):  # half-written leftovers of a killed run
+            if p.is_dir() and not (p / _MARK).exists():
+                shutil.rmtree(p, ignore_errors=True)
+        if final.exists():
+            shutil.rmtree(final)
+        final.mkdir(parents=True)
+    _barrier()
+    msd, osd = get_state_dict(model, optimizer)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(final))
+    _barrier()
+    if _rank() == 0:
+        (final / "extra.json").write_text(json.dumps(extra))
+        (final / _MARK).write_text(str(step))
+        for old in complete_steps(ckpt_dir)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(step_dir(ckpt_dir, old), ignore_errors=True)
+    _barrier()
+    return final
+
+
+def load(ckpt_dir: Path, step: int, model, optimizer) -> dict:
+    path = step_dir(ckpt_dir, step)
+    if not (path / _MARK).exists():
+        raise FileNotFoundError(f"checkpoint {path} is missing or incomplete")
+    msd, osd = get_state_dict(model, optimizer)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    return json.loads((path / "extra.json").read_text())
+
+
+def full_model_state(model) -> dict:
+    """The whole (unsharded) model state on rank 0's CPU, for the evaluation hand-off."""
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    sd = get_model_state_dict(model, options=opts)
+    return {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in sd.items()}

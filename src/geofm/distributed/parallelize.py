@@ -1,0 +1,156 @@
+"""The paper's FSDP strategy names, translated to PyTorch's FSDP2 (``fully_shard``) in one place.
+
+=================  ==========================================================================
+paper name         here
+=================  ==========================================================================
+DDP                ``torch.nn.parallel.DistributedDataParallel`` (bf16 through autocast)
+NO_SHARD           ``fully_shard`` on a 2-D mesh (replicate=world, shard=1): parameters whole on
+                   every rank, gradients all-reduced (FSDP2 has no NO_SHARD flag; this is it)
+SHARD_GRAD_OP      ``fully_shard(reshard_after_forward=False)`` on a 1-D mesh (ZeRO-2 like)
+FULL_SHARD         ``fully_shard(reshard_after_forward=True)`` on a 1-D mesh (ZeRO-3)
+HYBRID_<k>GPU(s)   ``fully_shard`` on a 2-D mesh (replicate=world/k, shard=k): FULL_SHARD inside
+                   groups of k ranks, replicas across groups (FSDP1's HYBRID_SHARD)
+=================  ==========================================================================
+
+Blocks are wrapped one by one (encoder and decoder), then the root. Mixed precision: parameters in
+bf16 for compute, gradient reduction in fp32 (or bf16), optimizer state in fp32. Activation
+checkpointing and ``torch.compile`` are applied per block before sharding, as torchtitan does.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+BASE_STRATEGIES = ("DDP", "NO_SHARD", "SHARD_GRAD_OP", "FULL_SHARD")
+_HYBRID = re.compile(r"^HYBRID_(\d+)GPUs?$")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    kind: str  # ddp | fsdp
+    reshard_after_forward: bool = True
+    shard_size: int | None = None  # None = the whole world; 1 = no sharding
+
+    def mesh_shape(self, world_size: int) -> tuple[int, ...]:
+        if self.kind == "ddp":
+            return (world_size,)
+        k = world_size if self.shard_size is None else self.shard_size
+        if k > world_size or world_size % k:
+            raise ImpossibleStrategy(f"{self.name} needs a shard group of {k} ranks, "
+                                     f"which does not divide a world of {world_size}")
+        return (world_size // k, k) if self.shard_size is not None else (world_size,)
+
+
+class ImpossibleStrategy(ValueError):
+    """The strategy cannot run on this many ranks (reported as such by the profiler, not crashed on)."""
+
+
+def parse_strategy(name: str) -> Strategy:
+    if name == "DDP":
+        return Strategy(name, "ddp")
+    if name == "NO_SHARD":
+        return Strategy(name, "fsdp", reshard_after_forward=False, shard_size=1)
+    if name == "SHARD_GRAD_OP":
+        return Strategy(name, "fsdp", reshard_after_forward=False)
+    if name == "FULL_SHARD":
+        return Strategy(name, "fsdp", reshard_after_forward=True)
+    m = _HYBRID.match(name)
+    if m:
+        k = int(m.group(1))
+        if k < 1:
+            raise ValueError(f"strategy {name!r}: shard group must be at least 1 GPU")
+        return Strategy(name, "fsdp", reshard_after_forward=True, shard_size=k)
+    raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(BASE_STRATEGIES)} or HYBRID_<k>GPUs")
+
+
+def strategy_name_ok(name: str) -> bool:
+    try:
+        parse_strategy(name)
+        return True
+    except ValueError:
+        return False
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.ModuleList]:
+    lists = [model.encoder.blocks]
+    if hasattr(model, "decoder_blocks"):
+        lists.append(model.decoder_blocks)
+    return lists
+
+
+def apply_activation_checkpointing(model: nn.Module, every: int) -> None:
+    """Wrap every ``every``-th transformer block in a non-reentrant checkpoint (0 = off)."""
+    if every <= 0:
+        return
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    for blocks in transformer_blocks(model):
+        for i in range(len(blocks)):
+            if i % every == 0:
+                blocks[i] = checkpoint_wrapper(blocks[i], preserve_rng_state=False)
+
+
+def apply_compile(model: nn.Module) -> None:
+    """``torch.compile`` each transformer block (repeated structure compiles once)."""
+    for blocks in transformer_blocks(model):
+        for i in range(len(blocks)):
+            blocks[i] = torch.compile(blocks[i], dynamic=False)
+
+
+def build_mesh(strategy: Strategy, world_size: int, device_type: str):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    shape = strategy.mesh_shape(world_size)
+    names = ("replicate", "shard") if len(shape) == 2 else ("shard",)
+    return init_device_mesh(device_type, shape, mesh_dim_names=names)
+
+
+def parallelize(model: nn.Module, strategy: Strategy, world_size: int, device: torch.device,
+                precision: str = "bf16", reduce_fp32: bool = True, backward_prefetch: int | None = 1,
+                forward_prefetch: int = 0) -> nn.Module:
+    """Shard (or replicate) a meta-device or materialised model; returns the module to train.
+
+    ``backward_prefetch``: how many blocks ahead FSDP2 all-gathers in backward (1 = FSDP2's implicit
+    default, like FSDP1's BACKWARD_PRE; 0 = none; n > 1 explicit). ``forward_prefetch``: blocks ahead in
+    forward (0 = implicit only).
+    """
+    if strategy.kind == "ddp" or world_size == 1 and strategy.kind == "ddp":
+        return model
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = build_mesh(strategy, world_size, device.type) if world_size > 1 else None
+    mp = None
+    if precision == "bf16":
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16,
+                                  reduce_dtype=torch.float32 if reduce_fp32 else torch.bfloat16)
+    kw = {"reshard_after_forward": strategy.reshard_after_forward}
+    if mesh is not None:
+        kw["mesh"] = mesh
+    if mp is not None:
+        kw["mp_policy"] = mp
+    wrapped: list[nn.Module] = []
+    for blocks in transformer_blocks(model):
+        for blk in blocks:
+            fully_shard(blk, **kw)
+            wrapped.append(blk)
+    fully_shard(model, **kw)
+    if wrapped and world_size > 1:
+        n = len(wrapped)
+        if backward_prefetch is not None and backward_prefetch != 1:
+            for i, blk in enumerate(wrapped):
+                blk.set_modules_to_backward_prefetch(
+                    [wrapped[j] for j in range(i - 1, max(i - 1 - backward_prefetch, -1), -1)])
+        if forward_prefetch > 0:
+            for i, blk in enumerate(wrapped):
+                blk.set_modules_to_forward_prefetch([wrapped[j] for j in range(i + 1, min(i + 1 + forward_prefetch, n))])
+    return model
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -1,0 +1,1 @@
+"""MAE pretraining: the loop, optimiser and schedule, FLOP counting and hardware metrics."""

@@ -1,0 +1,123 @@
+"""Hardware metrics: peak-FLOP table, MFU, memory, a JSONL + TensorBoard writer, a Slurm-friendly progress line."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+# Dense bf16 matrix peak per device, TFLOP/s (vendor data sheets). One MI250X has two GCDs: 383 / 2.
+PEAK_TFLOPS_BF16 = {
+    "MI250X_GCD": 191.5,
+    "A100": 312.0,
+    "H100": 989.4,
+    "H200": 989.4,
+}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key in ("H200", "H100", "A100"):
+            if key in name:
+                return key
+        if "MI250X" in name or "gfx90a" in getattr(torch.cuda.get_device_properties(device), "gcnArchName", ""):
+            return "MI250X_GCD"
+        return name
+    return "CPU"
+
+
+_CPU_PEAK: dict[str, float] = {}
+
+
+def measured_cpu_peak_tflops(dtype=torch.float32, n: int = 1024, repeats: int = 5) -> float:
+    """The CPU has no data-sheet number here: measure a square-matmul roof once per process."""
+    key = str(dtype)
+    if key not in _CPU_PEAK:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t)
+        _CPU_PEAK[key] = 2 * n**3 / best / 1e12
+    return _CPU_PEAK[key]
+
+
+def peak_tflops(device: torch.device, precision: str = "bf16") -> tuple[float, str]:
+    """(peak TFLOP/s, where the number comes from)."""
+    name = device_name(device)
+    if name in PEAK_TFLOPS_BF16 and precision == "bf16":
+        return PEAK_TFLOPS_BF16[name], f"{name} data sheet (dense bf16)"
+    if name in PEAK_TFLOPS_BF16:
+        return PEAK_TFLOPS_BF16[name] / 2, f"{name} data sheet (tf32/fp32 ~ half of bf16)"
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    return measured_cpu_peak_tflops(dtype), f"{name} measured matmul roof ({precision})"
+
+
+def mfu(flops_per_s: float, peak_tflops_value: float) -> float:
+    return flops_per_s / (peak_tflops_value * 1e12) if peak_tflops_value > 0 else float("nan")
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gb(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {"peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30,
+                "peak_reserved_gb": torch.cuda.max_memory_reserved(device) / 2**30}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB -> GB (Linux)
+    return {"peak_mem_gb": rss, "peak_reserved_gb": rss}
+
+
+class MetricsWriter:
+    """Per-step JSONL (the source of truth), the same scalars as TensorBoard events when available."""
+
+    def __init__(self, path: Path, enabled: bool = True, tensorboard: bool = True, append: bool = False):
+        self.enabled = enabled
+        self.path = Path(path)
+        self.tb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a" if append else "w", buffering=1)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.path.parent / "tensorboard"))
+            except Exception:  # tensorboard is optional  # noqa: BLE001
+                self.tb = None
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.fh.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, record.get("step", 0))
+
+    def close(self) -> None:
+        if self.enabled:
+            self.fh.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def progress_line(step: int, total: int, loss: float, ips: float, mfu_value: float, elapsed: float) -> str:
+    """One self-contained line per report (no carriage returns): readable in a Slurm log."""
+    left = elapsed / max(step, 1) * (total - step)
+    return (f"step {step:>6}/{total}  loss {loss:.4f}  {ips:9.1f} img/s  MFU {100 * mfu_value:5.1f}%  "
+            f"elapsed {elapsed / 60:6.1f} min  left {left / 60:6.1f} min")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr if os.environ.get("GEOFM_LOG_STDERR") else sys.stdout, flush=True)

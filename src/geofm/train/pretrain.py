@@ -1,0 +1,246 @@
+"""The MAE pretraining loop: one entry point for one process, torchrun, or Slurm's srun.
+
+Build on the meta device → activation checkpointing / compile per block → shard (FSDP2 under the paper's
+strategy name) or replicate (DDP) → materialise only the local shards → AdamW (fused on GPUs) with warm-up
++ cosine → steps with bf16 compute, gradient accumulation and clipping → per-step JSONL metrics and a
+progress line → sharded DCP checkpoints every N steps and at the end → ``encoder.pt`` for evaluation.
+A NaN/inf loss stops the run with a clear message; the last good checkpoint stays intact.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ..distributed import checkpoint as ckpt
+from ..distributed import launch
+from ..distributed.parallelize import (apply_activation_checkpointing, apply_compile, parallelize,
+                                       parse_strategy, wrap_ddp)
+from ..models.mae import build_mae, materialize
+from ..models.registry import count_params, num_patches
+from . import flops, metrics
+from .batches import StepBatches, mask_noise
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    image_size: int = 224
+    in_chans: int = 3
+    data: str = "synthetic"  # "synthetic" or a tiles directory
+    steps: int = 100
+    batch_size: int = 64  # global, per optimizer step
+    grad_accum: int = 1
+    lr: float = 1.5e-4
+    min_lr: float = 0.0
+    warmup_steps: int = 10
+    weight_decay: float = 0.05
+    betas: tuple = (0.9, 0.95)
+    grad_clip: float = 1.0
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = False
+    decoder_dim: int = 512
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+    strategy: str = "NO_SHARD"
+    precision: str = "bf16"  # bf16 | fp32
+    reduce_fp32: bool = True
+    activation_checkpointing: int = 0  # 0 off, 1 every block, n every n-th block
+    compile: bool = False
+    backward_prefetch: int = 1
+    forward_prefetch: int = 0
+    augment: bool = True
+    num_workers: int = 0
+    checkpoint_every: int = 0  # 0: only at the end
+    keep_last: int = 2
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    fail_at_step: int = -1  # testing aid: inject a NaN loss at this step
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise KeyError(f"unknown pretraining option(s): {', '.join(unknown)}")
+        d = dict(d)
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "token" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_model(cfg: TrainConfig, world_size: int, device: torch.device):
+    strat = parse_strategy(cfg.strategy)
+    model = build_mae(cfg.model, cfg.image_size, cfg.in_chans, device="meta", decoder_dim=cfg.decoder_dim,
+                      decoder_depth=cfg.decoder_depth, decoder_heads=cfg.decoder_heads,
+                      norm_pix_loss=cfg.norm_pix_loss)
+    apply_activation_checkpointing(model, cfg.activation_checkpointing)
+    if cfg.compile:
+        apply_compile(model)
+    fsdp = strat.kind == "fsdp" and world_size > 1
+    if fsdp:
+        parallelize(model, strat, world_size, device, cfg.precision, cfg.reduce_fp32,
+                    cfg.backward_prefetch, cfg.forward_prefetch)
+    materialize(model, device, cfg.seed)
+    if strat.kind == "ddp" and world_size > 1:
+        model = wrap_ddp(model, device)
+    # FSDP2 casts to bf16 itself; DDP and single-process runs use autocast
+    autocast = cfg.precision == "bf16" and not fsdp
+    return model, autocast
+
+
+def _mae(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _trim_metrics(path: Path, last_step: int) -> None:
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= last_step]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
+    """Run (or resume) pretraining into ``out_dir``; returns the summary written to ``summary.json``."""
+    out_dir = Path(out_dir)
+    de, device = launch.init(cfg.device)
+    world, rank = de.world_size, de.rank
+    if cfg.batch_size % (world * cfg.grad_accum):
+        raise ValueError(f"pretrain.batch_size {cfg.batch_size} must be divisible by world size {world} × "
+                         f"grad_accum {cfg.grad_accum}")
+    torch.manual_seed(cfg.seed)
+    model, use_autocast = build_model(cfg, world, device)
+    groups = param_groups(model, cfg.weight_decay)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda" or None)
+    ckpt_dir = out_dir / "checkpoints"
+    metrics_path = out_dir / "metrics.jsonl"
+    start = 0
+    latest = ckpt.latest_step(ckpt_dir)
+    if latest is not None:
+        extra = ckpt.load(ckpt_dir, latest, model, opt)
+        start = int(extra["step"])
+        if de.is_main:
+            metrics.log(f"resumed from {ckpt.step_dir(ckpt_dir, latest)} (step {start}, saved at world size "
+                        f"{extra.get('world_size')} with {extra.get('strategy')})")
+            _trim_metrics(metrics_path, start)
+    writer = metrics.MetricsWriter(metrics_path, enabled=de.is_main, append=start > 0)
+    data = StepBatches(cfg.data, cfg.batch_size, cfg.image_size, rank, world, cfg.seed, cfg.augment,
+                       cfg.in_chans, start=start, steps=cfg.steps)
+    if data.in_chans != cfg.in_chans:
+        raise ValueError(f"{cfg.data}: tiles have {data.in_chans} bands but the model was built for {cfg.in_chans}")
+    loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=cfg.num_workers,
+                                         pin_memory=device.type == "cuda",
+                                         persistent_workers=False)
+    n_patch = num_patches(cfg.model, cfg.image_size)
+    fl_img = flops.mae_train_flops_per_image(cfg.model, cfg.image_size, cfg.in_chans, cfg.mask_ratio,
+                                             cfg.decoder_dim, cfg.decoder_depth)
+    peak, peak_src = metrics.peak_tflops(device, cfg.precision)
+    metrics.reset_peak_memory(device)
+    local_b = cfg.batch_size // world
+    micro_b = local_b // cfg.grad_accum
+    t0 = time.perf_counter()
+    last = time.perf_counter()
+    loss_val = float("nan")
+    step_times: list[float] = []
+    for step, x in zip(range(start, cfg.steps), loader):
+        lr = lr_at(cfg, step)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x = x.to(device, non_blocking=True)
+        noise = mask_noise(cfg.seed, step, 0, cfg.batch_size, n_patch, rank, world).to(device)
+        loss_sum = torch.zeros((), device=device)
+        for m in range(cfg.grad_accum):
+            sl = slice(m * micro_b, (m + 1) * micro_b)
+            last_micro = m == cfg.grad_accum - 1
+            sync_ctx = contextlib.nullcontext()
+            if hasattr(model, "set_requires_gradient_sync"):
+                model.set_requires_gradient_sync(last_micro)
+            elif hasattr(model, "no_sync") and not last_micro:
+                sync_ctx = model.no_sync()
+            with sync_ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
+                loss = model(x[sl], cfg.mask_ratio, noise[sl])[0]
+                if step == cfg.fail_at_step:
+                    loss = loss * float("nan")
+                (loss / cfg.grad_accum).backward()
+            loss_sum += loss.detach() / cfg.grad_accum
+        if world > 1:
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG if device.type == "cuda" else dist.ReduceOp.SUM)
+            if device.type != "cuda":
+                loss_sum /= world
+        loss_val = float(loss_sum)
+        if not math.isfinite(loss_val):
+            last_ok = ckpt.latest_step(ckpt_dir)
+            raise NonFiniteLoss(f"loss is {loss_val} at step {step} of {cfg.model}; stopped. The last good "
+                                f"checkpoint is {ckpt.step_dir(ckpt_dir, last_ok) if last_ok is not None else 'none'}"
+                                f" (lower pretrain.lr or enable grad clipping)")
+        grad_norm = float("nan")
+        if cfg.grad_clip > 0:
+            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            grad_norm = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        now = time.perf_counter()
+        dt, last = now - last, now
+        step_times.append(dt)
+        ips = cfg.batch_size / dt
+        achieved = ips * fl_img
+        done = step + 1
+        if de.is_main and (done % cfg.log_every == 0 or done == cfg.steps or done == start + 1):
+            rec = {"step": done, "loss": loss_val, "lr": lr, "grad_norm": grad_norm, "images_per_s": ips,
+                   "tflops": achieved / 1e12 / world, "mfu": metrics.mfu(achieved / world, peak),
+                   "step_time_s": dt, **metrics.peak_memory_gb(device)}
+            writer.write(rec)
+            metrics.log(metrics.progress_line(done, cfg.steps, loss_val, ips, rec["mfu"], now - t0))
+        if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps:
+            ckpt.save(ckpt_dir, done, model, opt, {"step": done, "world_size": world, "strategy": cfg.strategy,
+                                                   "model": cfg.model}, cfg.keep_last)
+    writer.close()
+    summary = {"model": cfg.model, "params": count_params(cfg.model, cfg.image_size, cfg.in_chans),
+               "steps": cfg.steps, "final_loss": loss_val, "world_size": world, "strategy": cfg.strategy,
+               "flops_per_image": fl_img, "peak_tflops": peak, "peak_source": peak_src,
+               "device": metrics.device_name(device), "resumed_from": start}
+    state = ckpt.full_model_state(model)  # a collective: every rank takes part
+    if de.is_main:
+        enc = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+        enc = {k.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", ""): v for k, v in enc.items()}
+        meta = {"model": cfg.model, "step": cfg.steps, "image_size": cfg.image_size, "in_chans": cfg.in_chans}
+        tmp = out_dir / "encoder.pt.tmp"
+        torch.save({"meta": meta, "state_dict": enc}, tmp)
+        os.replace(tmp, out_dir / "encoder.pt")
+        tmp = out_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, out_dir / "summary.json")
+    launch.shutdown()
+    return summary
