@@ -1,0 +1,28 @@
+# GeoFM-Scale: the whole study as one DAG.
+#   snakemake --profile profiles/local                      # the embedded demo (config/demo.yaml)
+#   snakemake --profile profiles/frontier --configfile config/config.yaml
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/demo.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/tiles.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/profile.smk"
+include: "workflow/rules/figures.smk"
+
+
+rule all:
+    input:
+        FIGURES,
+        TABLES,
+    default_target: True

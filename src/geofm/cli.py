@@ -1,0 +1,174 @@
+"""``geofm``: one command, a subcommand per stage. Snakemake rules call exactly one subcommand each.
+
+    geofm validate  --config C
+    geofm download  --config C --dataset D
+    geofm tile      --config C --dataset D
+    geofm pretrain  --config C --model M [--nprocs N]
+    geofm evaluate  --config C --protocol P --model M --dataset D --out F
+    geofm profile   --config C --model M --strategy S --nodes N --out F
+    geofm figures   --config C
+
+Multi-process stages (pretrain, profile) run as one rank each when started by torchrun or srun; started
+plainly with more than one process requested, they re-launch themselves under a local torchrun.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config
+
+
+def _in_distributed_env() -> bool:
+    from .distributed.launch import detect
+
+    return detect().launcher != "single"
+
+
+def _relaunch(nprocs: int, argv: list[str]) -> int:
+    """Re-run this very command as ``nprocs`` local ranks (gloo on CPU, nccl on GPUs)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nprocs}",
+           "-m", "geofm.cli", *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nprocs)))}
+    return subprocess.call(cmd, env=env)
+
+
+def _train_config(cfg: dict, model: str, data: str, section: dict, **over) -> "TrainConfig":
+    from .train.pretrain import TrainConfig
+
+    d = {k: v for k, v in section.items() if k not in ("nodes", "procs_per_node", "runtime_min", "models",
+                                                        "strategies", "device_memory_gb", "warmup_steps_profile")}
+    d.update(over)
+    return TrainConfig.from_dict({**d, "model": model, "image_size": cfg["image_size"], "data": data,
+                                  "seed": cfg["seed"], "device": cfg["device"]})
+
+
+def _in_chans(cfg: dict, dataset: str) -> int:
+    stats = Path(cfg["results"]) / "tiles" / dataset / "stats.json"
+    return int(json.loads(stats.read_text())["bands"]) if stats.exists() else 3
+
+
+def cmd_validate(args, cfg):
+    print(f"{args.config}: valid ({len(cfg['models'])} models, {len(cfg['datasets'])} datasets)")
+
+
+def cmd_download(args, cfg):
+    from .data.stages import run_download
+
+    print(run_download(cfg, args.dataset))
+
+
+def cmd_tile(args, cfg):
+    from .data.stages import run_tile
+
+    print(run_tile(cfg, args.dataset))
+
+
+def cmd_pretrain(args, cfg, argv):
+    p = cfg["pretrain"]
+    nprocs = args.nprocs or p.get("nodes", 1) * p.get("procs_per_node", 1)
+    if nprocs > 1 and not _in_distributed_env():
+        return _relaunch(nprocs, argv)
+    from .train.pretrain import train
+
+    ds = cfg["pretrain_dataset"]
+    data = str(Path(cfg["results"]) / "tiles" / ds)
+    tc = _train_config(cfg, args.model, data, p, in_chans=_in_chans(cfg, ds))
+    train(tc, Path(cfg["results"]) / "pretrain" / args.model)
+    return 0
+
+
+def cmd_profile(args, cfg, argv):
+    pr = cfg["profile"]
+    nprocs = args.nodes * pr.get("procs_per_node", 1)
+    if nprocs > 1 and not _in_distributed_env():
+        return _relaunch(nprocs, argv)
+    from .profile.throughput import profile_run, write_json
+
+    ds = cfg["pretrain_dataset"]
+    data = "synthetic" if pr.get("data", "synthetic") == "synthetic" else str(Path(cfg["results"]) / "tiles" / ds)
+    from .distributed.launch import detect
+
+    world = detect().world_size
+    over = {k: pr[k] for k in ("precision", "activation_checkpointing", "compile", "backward_prefetch") if k in pr}
+    p = dict(cfg["pretrain"])
+    p.pop("strategy", None)
+    tc = _train_config(cfg, args.model, data, p, strategy=args.strategy,
+                       batch_size=pr.get("batch_size", 8) * world, **over)
+    rec = profile_run(tc, args.nodes, pr.get("warmup_steps", 2), pr.get("steps", 5), pr.get("device_memory_gb"))
+    if detect().rank == 0:
+        write_json(rec, args.out)
+        print(json.dumps({k: rec.get(k) for k in ("model", "strategy", "nodes", "status", "images_per_s", "mfu")}))
+    return 0
+
+
+def cmd_evaluate(args, cfg):
+    from .eval.stages import run_evaluate
+
+    enc = Path(cfg["results"]) / "pretrain" / args.model / "encoder.pt"
+    run_evaluate(cfg, args.protocol, args.model, args.dataset, enc, args.out)
+
+
+def cmd_figures(args, cfg):
+    from .plots.figures import run_figures
+
+    res = Path(cfg["results"])
+    for p in run_figures(cfg, res / "figures", res / "tables"):
+        print(p)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog="geofm", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def add(name, *opts):
+        sp = sub.add_parser(name)
+        sp.add_argument("--config", required=True)
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (YAML value), e.g. --set pretrain.steps=10")
+        for o in opts:
+            sp.add_argument(f"--{o}", required=o not in ("nprocs",), type=int if o in ("nodes", "nprocs") else str)
+        return sp
+
+    add("validate")
+    add("download", "dataset")
+    add("tile", "dataset")
+    add("pretrain", "model", "nprocs")
+    add("evaluate", "protocol", "model", "dataset", "out")
+    add("profile", "model", "strategy", "nodes", "out")
+    add("figures")
+    args = ap.parse_args(argv)
+    try:
+        import yaml
+
+        over: dict = {}
+        for item in args.set:
+            key, _, val = item.partition("=")
+            node = over
+            parts = key.split(".")
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = yaml.safe_load(val)
+        cfg = load_config(args.config, over)
+    except ConfigError as exc:
+        print(f"geofm: {exc}", file=sys.stderr)
+        return 2
+    if args.cmd in ("pretrain", "profile"):
+        fn = cmd_pretrain if args.cmd == "pretrain" else cmd_profile
+        return int(fn(args, cfg, argv) or 0)
+    try:
+        {"validate": cmd_validate, "download": cmd_download, "tile": cmd_tile, "evaluate": cmd_evaluate,
+         "figures": cmd_figures}[args.cmd](args, cfg)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"geofm {args.cmd}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

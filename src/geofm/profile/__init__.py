@@ -1,0 +1,1 @@
+"""Throughput and memory profiling of the pretraining step per model × strategy × node count."""

@@ -1,0 +1,17 @@
+# Figures (seaborn PNG) and tables (CSV) from every result, with the paper's published numbers
+# overlaid as their own series; `snakemake --report report.html` shows them with captions.
+localrules: figures
+
+
+rule figures:
+    input:
+        EVAL_OUT,
+        METRICS_OUT,
+        PROFILE_OUT,
+    output:
+        [report(f, caption=f"../report/{Path(f).stem}.rst", category="Figures") for f in FIGURES],
+        [report(t, caption="../report/tables.rst", category="Tables") for t in TABLES],
+    log:
+        f"{RES}/logs/figures.log",
+    shell:
+        "{GEOFM} figures --config {CFG} > {log} 2>&1"

@@ -1,0 +1,18 @@
+# Throughput / memory of the training step per model × strategy × node count (the paper's grid).
+rule profile:
+    input:
+        lambda wc: tiles_of(PRETRAIN_DS) if PROF.get("data", "synthetic") == "real" else [],
+    output:
+        f"{RES}/profile/{{model}}/{{strategy}}/{{nodes}}n.json",
+    log:
+        f"{RES}/logs/profile/{{model}}/{{strategy}}/{{nodes}}n.log",
+    threads: lambda wc: min(int(wc.nodes) * PROF.get("procs_per_node", 1), workflow.cores or 1)
+    resources:
+        nodes=lambda wc: int(wc.nodes),
+        tasks=lambda wc: int(wc.nodes) * PROF.get("procs_per_node", 1),
+        tasks_per_node=PROF.get("procs_per_node", 1),
+        runtime=PROF.get("runtime_min", 30),
+        mpi="",
+    shell:
+        "{resources.mpi} {GEOFM} profile --config {CFG} --model {wildcards.model} "
+        "--strategy {wildcards.strategy} --nodes {wildcards.nodes} --out {output} > {log} 2>&1"
