@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import socket
 from pathlib import Path
 
 import yaml
@@ -29,7 +30,8 @@ def effective_config() -> str:
     path = Path(".snakemake") / "geofm" / f"config-{digest}.yaml"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        # Slurm jobs re-parse the Snakefile in the same directory, possibly on several nodes at once
+        tmp = path.with_suffix(f".tmp-{socket.gethostname()}-{os.getpid()}")
         tmp.write_text(text)
         os.replace(tmp, path)
     return str(path)
@@ -61,6 +63,41 @@ def tile_inputs(wc):
 def pretrain_tasks(wc=None):
     p = config["pretrain"]
     return p.get("nodes", 1) * p.get("procs_per_node", 1)
+
+
+# --- Cluster execution (profiles/frontier, profiles/slurm-cuda, profiles/test-slurm) -------------------
+# Multi-rank rules declare their geometry as resources: `nodes`, `ranks` (total) and `ranks_per_node`,
+# plus `tasks` / `tasks_per_node` for the Slurm executor plugin, which takes exactly one of the two for
+# an `mpi` job (tasks_per_node only when > 1): N nodes x P ranks -> sbatch --nodes=N --ntasks-per-node=P,
+# or --nodes=N --ntasks=N when P is 1. Locally these resources are ignored and `mpi` is empty: the CLI
+# starts its own ranks (torchrun). A Slurm profile sets `mpi` to its srun command; LAUNCH then hands srun
+# the geometry explicitly, because the job step runs with the SLURM_* variables removed and a bare `srun`
+# would start one task per node.
+def rank_threads(ranks):
+    """Threads of a multi-rank rule: one core per rank, capped at --cores, locally. Under a cluster
+    executor there is no --cores (workflow.cores raises) and the CPUs per task come from the profile."""
+    try:
+        cores = workflow.cores
+    except Exception:
+        return 1
+    return min(ranks, cores) if cores else 1
+
+
+def srun_tasks(nodes, per_node):
+    return nodes * per_node if per_node == 1 else 0
+
+
+def srun_tasks_per_node(per_node):
+    return per_node if per_node > 1 else 0
+
+
+LAUNCH = ('MPI="{resources.mpi}"; ${{MPI:+$MPI --nodes={resources.nodes} --ntasks={resources.ranks} '
+          '--ntasks-per-node={resources.ranks_per_node}}} ')
+# A site environment script (modules, venv, RCCL/NCCL and MIOpen settings) sourced first by the rules
+# that run on compute nodes; a cluster profile sets the resource `site_env` (e.g. envs/frontier/env.sh),
+# relative to the repository; locally it is empty and nothing is sourced.
+SITE_ENV = ('SITE_ENV="{resources.site_env}"; if [ -n "$SITE_ENV" ]; then case "$SITE_ENV" in /*) ;; '
+            f'*) SITE_ENV="{workflow.basedir}/$SITE_ENV" ;; esac; . "$SITE_ENV"; fi; ')
 
 
 EVAL_OUT = expand(f"{RES}/eval/{{protocol}}/{{model}}/{{dataset}}.json",

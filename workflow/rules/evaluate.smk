@@ -5,11 +5,15 @@ rule evaluate:
         encoder=f"{RES}/pretrain/{{model}}/encoder.pt",
         tiles=lambda wc: tiles_of(wc.dataset),
     output:
-        f"{RES}/eval/{{protocol}}/{{model}}/{{dataset}}.json",
+        json=f"{RES}/eval/{{protocol}}/{{model}}/{{dataset}}.json",
+        confusion_csv=f"{RES}/eval/{{protocol}}/{{model}}/{{dataset}}.confusion.csv",
+        confusion_png=report(f"{RES}/eval/{{protocol}}/{{model}}/{{dataset}}.confusion.png",
+                             caption="../report/confusion.rst", category="Confusion matrices"),
     log:
         f"{RES}/logs/eval/{{protocol}}/{{model}}/{{dataset}}.log",
     resources:
         runtime=config["evaluate"].get("runtime_min", 60),
+        site_env="",
     shell:
-        "{GEOFM} evaluate --config {CFG} --protocol {wildcards.protocol} --model {wildcards.model} "
-        "--dataset {wildcards.dataset} --out {output} > {log} 2>&1"
+        SITE_ENV + "{GEOFM} evaluate --config {CFG} --protocol {wildcards.protocol} --model {wildcards.model} "
+        "--dataset {wildcards.dataset} --out {output.json} > {log} 2>&1"

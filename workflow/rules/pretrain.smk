@@ -1,6 +1,8 @@
 # MAE pretraining, one job per model size. Nodes and tasks come from the config (pretrain.nodes ×
 # pretrain.procs_per_node); locally the CLI starts its own ranks, under Slurm `resources.mpi` (srun)
-# starts one task per GPU and each derives its rank from Slurm.
+# starts one task per GPU and each derives its rank from Slurm. A requeued or retried job resumes
+# from the latest complete checkpoint in results/pretrain/{model}/checkpoints/ (not an output, so
+# Snakemake keeps it).
 rule pretrain:
     input:
         tiles_of(PRETRAIN_DS),
@@ -10,12 +12,15 @@ rule pretrain:
         summary=f"{RES}/pretrain/{{model}}/summary.json",
     log:
         f"{RES}/logs/pretrain/{{model}}.log",
-    threads: lambda wc: min(pretrain_tasks(), workflow.cores) if workflow.cores else 1
+    threads: lambda wc: rank_threads(pretrain_tasks())
     resources:
         nodes=config["pretrain"].get("nodes", 1),
-        tasks=pretrain_tasks(),
-        tasks_per_node=config["pretrain"].get("procs_per_node", 1),
+        ranks=pretrain_tasks(),
+        ranks_per_node=config["pretrain"].get("procs_per_node", 1),
+        tasks=srun_tasks(config["pretrain"].get("nodes", 1), config["pretrain"].get("procs_per_node", 1)),
+        tasks_per_node=srun_tasks_per_node(config["pretrain"].get("procs_per_node", 1)),
         runtime=config["pretrain"].get("runtime_min", 60),
         mpi="",
+        site_env="",
     shell:
-        "{resources.mpi} {GEOFM} pretrain --config {CFG} --model {wildcards.model} > {log} 2>&1"
+        SITE_ENV + LAUNCH + "{GEOFM} pretrain --config {CFG} --model {wildcards.model} > {log} 2>&1"

@@ -6,13 +6,16 @@ rule profile:
         f"{RES}/profile/{{model}}/{{strategy}}/{{nodes}}n.json",
     log:
         f"{RES}/logs/profile/{{model}}/{{strategy}}/{{nodes}}n.log",
-    threads: lambda wc: min(int(wc.nodes) * PROF.get("procs_per_node", 1), workflow.cores or 1)
+    threads: lambda wc: rank_threads(int(wc.nodes) * PROF.get("procs_per_node", 1))
     resources:
         nodes=lambda wc: int(wc.nodes),
-        tasks=lambda wc: int(wc.nodes) * PROF.get("procs_per_node", 1),
-        tasks_per_node=PROF.get("procs_per_node", 1),
+        ranks=lambda wc: int(wc.nodes) * PROF.get("procs_per_node", 1),
+        ranks_per_node=PROF.get("procs_per_node", 1),
+        tasks=lambda wc: srun_tasks(int(wc.nodes), PROF.get("procs_per_node", 1)),
+        tasks_per_node=srun_tasks_per_node(PROF.get("procs_per_node", 1)),
         runtime=PROF.get("runtime_min", 30),
         mpi="",
+        site_env="",
     shell:
-        "{resources.mpi} {GEOFM} profile --config {CFG} --model {wildcards.model} "
+        SITE_ENV + LAUNCH + "{GEOFM} profile --config {CFG} --model {wildcards.model} "
         "--strategy {wildcards.strategy} --nodes {wildcards.nodes} --out {output} > {log} 2>&1"

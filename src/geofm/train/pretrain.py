@@ -126,8 +126,16 @@ def _mae(model):
 def _trim_metrics(path: Path, last_step: int) -> None:
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= last_step]
-    path.write_text("".join(ln + "\n" for ln in keep))
+    keep = []
+    for ln in path.read_text().splitlines():
+        try:  # a run killed mid-write leaves a torn last line: drop it
+            if json.loads(ln).get("step", 0) <= last_step:
+                keep.append(ln)
+        except ValueError:
+            continue
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(ln + "\n" for ln in keep))
+    os.replace(tmp, path)
 
 
 def train(cfg: TrainConfig, out_dir: str | Path) -> dict:

@@ -1,0 +1,241 @@
+"""Fetch a dataset into ``resources/raw/{name}/`` and record it in ``download.json``.
+
+:func:`fetch_dataset` ``(name, ds_cfg, raw_dir) -> Path`` (the path of ``download.json``) supports:
+
+- ``source: synthetic`` -- :func:`geofm.data.demo.synthesize_scenes` (``n_scenes``, ``size``, ``bands``, ``seed``);
+- ``source: local`` -- ``path:`` a file or directory, copied (relative paths resolve against the CWD);
+- ``source: url`` -- ``url:`` over HTTP(S) with urllib; a ``path:`` override (local copy) takes precedence,
+  then ``mirror:`` (falling back to ``url`` if the mirror fails).  Downloads go to ``<file>.part``, resume with
+  ``Range`` requests, retry with exponential backoff (``retries``, ``backoff_s``), show a tqdm bar on a TTY,
+  and are renamed into place atomically.  A 404 (or other 4xx) fails immediately with a :class:`DataError`
+  naming the URL;
+- ``source: derived`` -- nothing to fetch; ``download.json`` points at the parent dataset (``from:``).
+
+An optional ``sha256:`` is verified for a single fetched file; on mismatch the file is moved to
+``<file>.rejected`` and a :class:`DataError` names the file, the expected and the actual digest.
+``download.json`` (``{"dataset", "source", "files": [{"path", "sha256", "bytes"}], ...}``) is written last,
+atomically, so its presence means the download is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from . import DataError
+
+DOWNLOAD_JSON = "download.json"
+CHUNK = 1 << 20
+USER_AGENT = "geofm-scale/0.1 (+urllib)"
+
+
+def sha256_file(path, chunk: int = CHUNK) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _verify_sha256(path: Path, expected: str | None) -> None:
+    if not expected:
+        return
+    actual = sha256_file(path)
+    if actual.lower() != str(expected).strip().lower():
+        rejected = path.with_name(path.name + ".rejected")
+        os.replace(path, rejected)
+        raise DataError(f"sha256 mismatch for {path.name}: expected {expected}, got {actual} "
+                        f"(file moved aside to {rejected})")
+
+
+def _copy_local(src: Path, raw_dir: Path) -> list[Path]:
+    """Copy a file into raw_dir, or a directory's contents into raw_dir (tmp name + rename)."""
+    if not src.exists():
+        raise DataError(f"local path {src} does not exist")
+    out: list[Path] = []
+    if src.is_file():
+        dst = raw_dir / src.name
+        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+        shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+        return [dst]
+    for p in sorted(src.rglob("*")):
+        if p.is_dir() or p.name == DOWNLOAD_JSON:
+            continue
+        dst = raw_dir / p.relative_to(src)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+        shutil.copy2(p, tmp)
+        os.replace(tmp, dst)
+        out.append(dst)
+    if not out:
+        raise DataError(f"local directory {src} is empty")
+    return out
+
+
+def _filename_for(url: str, ds_cfg: dict) -> str:
+    name = ds_cfg.get("filename") or Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
+    if not name or name in {".", ".."}:
+        raise DataError(f"cannot derive a file name from URL {url}; set 'filename:' in the dataset config")
+    return name
+
+
+def _progress(total: int | None, initial: int, desc: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+                disable=not sys.stderr.isatty(), leave=False)
+
+
+def http_download(url: str, dst: Path, retries: int = 5, backoff_s: float = 1.0, timeout_s: float = 60.0) -> Path:
+    """Download ``url`` to ``dst`` via ``dst.part`` with Range resume, retries and an atomic rename."""
+    part = dst.with_name(dst.name + ".part")
+    attempt = 0
+    while True:
+        have = part.stat().st_size if part.exists() else 0
+        req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+        if have:
+            req.add_header("Range", f"bytes={have}-")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+                status = getattr(resp, "status", 200)
+                if have and status == 206:
+                    mode = "ab"
+                    cr = resp.headers.get("Content-Range", "")
+                    total = int(cr.rsplit("/", 1)[1]) if "/" in cr and cr.rsplit("/", 1)[1].isdigit() else None
+                    if not cr.startswith(f"bytes {have}-"):
+                        raise DataError(f"server sent unexpected Content-Range {cr!r} for {url} (asked {have}-)")
+                else:  # server ignored Range (200): restart from scratch
+                    mode, have = "wb", 0
+                    cl = resp.headers.get("Content-Length")
+                    total = int(cl) if cl and cl.isdigit() else None
+                bar = _progress(total, have, dst.name)
+                try:
+                    with open(part, mode) as f:
+                        while True:
+                            block = resp.read(CHUNK)
+                            if not block:
+                                break
+                            f.write(block)
+                            if bar is not None:
+                                bar.update(len(block))
+                finally:
+                    if bar is not None:
+                        bar.close()
+            size = part.stat().st_size
+            if total is not None and size != total:
+                raise ConnectionError(f"incomplete transfer of {url}: {size} of {total} bytes")
+            os.replace(part, dst)
+            return dst
+        except urllib.error.HTTPError as e:
+            if e.code == 416 and have:  # our .part is bogus (e.g. larger than the file): start over
+                part.unlink(missing_ok=True)
+            elif e.code == 404:
+                raise DataError(f"HTTP 404 Not Found: {url}") from e
+            elif 400 <= e.code < 500 and e.code not in (408, 425, 429):
+                raise DataError(f"HTTP {e.code} {e.reason} for {url}") from e
+            err: Exception = e
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
+            # URLError covers refused connections / DNS; timeouts and resets are OSErrors.
+            err = e
+        except Exception as e:  # http.client.HTTPException (IncompleteRead, RemoteDisconnected, ...)
+            import http.client
+
+            if not isinstance(e, http.client.HTTPException):
+                raise
+            err = e
+        attempt += 1
+        if attempt > retries:
+            raise DataError(f"download of {url} failed after {retries + 1} attempts: {err}") from err
+        time.sleep(backoff_s * (2 ** (attempt - 1)))
+
+
+def _fetch_url(ds_cfg: dict, raw_dir: Path) -> tuple[list[Path], str]:
+    url = ds_cfg.get("url")
+    mirror = ds_cfg.get("mirror")
+    if not url and not mirror:
+        raise DataError("source 'url' needs a 'url:' (or 'mirror:' / 'path:')")
+    dst = raw_dir / _filename_for(url or mirror, ds_cfg)
+    expected = ds_cfg.get("sha256")
+    if dst.exists() and expected and sha256_file(dst) == str(expected).lower():
+        return [dst], url or mirror  # already complete and verified
+    retries = int(ds_cfg.get("retries", 5))
+    backoff = float(ds_cfg.get("backoff_s", 1.0))
+    timeout = float(ds_cfg.get("timeout_s", 60.0))
+    candidates = [u for u in (mirror, url) if u]
+    errors = []
+    for u in candidates:
+        try:
+            http_download(u, dst, retries=retries, backoff_s=backoff, timeout_s=timeout)
+            return [dst], u
+        except DataError as e:
+            errors.append(str(e))
+            part = dst.with_name(dst.name + ".part")
+            if u != candidates[-1]:
+                part.unlink(missing_ok=True)  # the next candidate may serve different bytes
+    raise DataError("; ".join(errors))
+
+
+def fetch_dataset(name: str, ds_cfg: dict, raw_dir) -> Path:
+    """Fetch dataset ``name`` into ``raw_dir``; returns the path of the written ``download.json``."""
+    raw_dir = Path(raw_dir)
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    source = ds_cfg.get("source")
+    record: dict = {"dataset": name, "source": source}
+    manifest = raw_dir / DOWNLOAD_JSON
+    if source == "derived":
+        parent = ds_cfg.get("from")
+        if not parent:
+            raise DataError(f"dataset {name!r}: source 'derived' needs 'from: <scenes dataset>'")
+        record.update({"from": parent, "files": []})
+        _atomic_write_json(manifest, record)
+        return manifest
+
+    if source == "synthetic":
+        from .demo import synthesize_scenes
+
+        files = synthesize_scenes(raw_dir, n_scenes=int(ds_cfg.get("n_scenes", 3)), size=int(ds_cfg.get("size", 2048)),
+                                  bands=int(ds_cfg.get("bands", 3)), seed=int(ds_cfg.get("seed", 0)))
+        record["params"] = {k: ds_cfg.get(k) for k in ("n_scenes", "size", "bands", "seed") if k in ds_cfg}
+    elif source == "local" or (source == "url" and ds_cfg.get("path")):
+        if not ds_cfg.get("path"):
+            raise DataError(f"dataset {name!r}: source 'local' needs 'path:'")
+        src = Path(ds_cfg["path"]).expanduser()
+        src = src if src.is_absolute() else Path.cwd() / src
+        files = _copy_local(src.resolve(), raw_dir)
+        record["origin"] = str(src.resolve())
+        if source == "url":
+            record["url"] = ds_cfg.get("url")
+        if src.is_file():
+            _verify_sha256(files[0], ds_cfg.get("sha256"))
+    elif source == "url":
+        files, used = _fetch_url(ds_cfg, raw_dir)
+        record["url"] = used
+        _verify_sha256(files[0], ds_cfg.get("sha256"))
+    else:
+        raise DataError(f"dataset {name!r}: unknown source {source!r} (synthetic, local, url, derived)")
+
+    record["files"] = [{"path": f.relative_to(raw_dir).as_posix(), "sha256": sha256_file(f),
+                        "bytes": f.stat().st_size} for f in sorted(files)]
+    _atomic_write_json(manifest, record)
+    return manifest

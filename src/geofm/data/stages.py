@@ -1,0 +1,74 @@
+"""CLI-facing entry points of the data stage: ``run_download`` and ``run_tile``.
+
+Both take the full validated config dict (``geofm.config.load_config``) and a dataset name:
+
+- ``run_download(cfg, name) -> Path``: fetches into ``{resources}/raw/{name}/`` and returns the path of
+  ``{resources}/raw/{name}/download.json`` (the Snakemake rule's output).
+- ``run_tile(cfg, name) -> Path``: tiles into ``{results}/tiles/{name}/`` (``manifest.parquet``, ``stats.json``,
+  ``shard-*.npy``, ``rejected.csv``) and returns that directory.  For ``source: derived`` the parent's raw
+  directory (``{resources}/raw/{from}``) is passed to the tiler.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from . import DataError
+
+log = logging.getLogger(__name__)
+
+
+def _ds_cfg(cfg: dict, dataset: str) -> dict:
+    try:
+        return dict(cfg["datasets"][dataset])
+    except KeyError:
+        known = sorted((cfg.get("datasets") or {}).keys())
+        raise DataError(f"dataset {dataset!r} is not in the config (known: {', '.join(known) or 'none'})") from None
+
+
+def raw_dir_for(cfg: dict, dataset: str) -> Path:
+    return Path(cfg.get("resources", "resources")) / "raw" / dataset
+
+
+def tiles_dir_for(cfg: dict, dataset: str) -> Path:
+    return Path(cfg.get("results", "results")) / "tiles" / dataset
+
+
+def run_download(cfg: dict, dataset: str) -> Path:
+    """Fetch ``dataset``; returns ``{resources}/raw/{dataset}/download.json``."""
+    from .download import fetch_dataset
+
+    ds = _ds_cfg(cfg, dataset)
+    if ds.get("source") == "synthetic" and "seed" not in ds and "seed" in cfg:
+        ds["seed"] = cfg["seed"]
+    path = fetch_dataset(dataset, ds, raw_dir_for(cfg, dataset))
+    log.info("downloaded %s -> %s", dataset, path)
+    return path
+
+
+def run_tile(cfg: dict, dataset: str) -> Path:
+    """Tile ``dataset``; returns ``{results}/tiles/{dataset}`` (holding manifest.parquet and stats.json)."""
+    from .tiling import tile_dataset
+
+    ds = _ds_cfg(cfg, dataset)
+    if not ds.get("tile_size") and not ds.get("image_size") and ds.get("format") in (None, "geotiff_scenes",
+                                                                                      "derived_landcover"):
+        if "image_size" in cfg:
+            ds["tile_size"] = int(cfg["image_size"])
+    parent_raw = None
+    if ds.get("source") == "derived":
+        parent = ds.get("from")
+        if not parent:
+            raise DataError(f"dataset {dataset!r}: source 'derived' needs 'from:'")
+        parent_raw = raw_dir_for(cfg, parent)
+        if not (parent_raw / "download.json").exists():
+            raise DataError(f"dataset {dataset!r} is derived from {parent!r}, but {parent_raw}/download.json is "
+                            f"missing: run the download stage for {parent!r} first")
+    out = tiles_dir_for(cfg, dataset)
+    stats = tile_dataset(dataset, ds, raw_dir_for(cfg, dataset), out, parent_raw_dir=parent_raw,
+                         seed=int(cfg.get("seed", 0)))
+    log.info("tiled %s: %d tiles (%s), %d rejected -> %s", dataset, stats["n_tiles"],
+             json.dumps(stats.get("splits", {})), len(stats["rejected"]), out)
+    return out

@@ -1,0 +1,119 @@
+"""Frozen-encoder features, with an optional on-disk cache.
+
+``extract_features`` turns uint8 tiles ``N×C×S×S`` into ``(N, D)`` float32 features: scale to 0..1,
+resize to ``image_size`` (bilinear), normalise with the dataset's band ``mean``/``std`` (0..1 units),
+run ``encoder.forward_features`` in eval mode without gradients. The encoder's train/eval mode is
+restored afterwards.
+
+The cache is a ``torch.save`` file holding ``{"key": {...}, "features": tensor}``; it is reused only
+when the stored key equals the requested one (model, step, dataset, split plus whatever the caller adds,
+e.g. the encoder file's size and mtime) and the row count matches; otherwise it is recomputed and
+rewritten atomically.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def cache_key(model: str, step, dataset: str, split: str, **extra) -> dict:
+    """The identity of a feature file. ``extra`` (image size, encoder fingerprint, ...) is folded in."""
+    key = {"model": str(model), "step": step, "dataset": str(dataset), "split": str(split)}
+    key.update({k: v for k, v in sorted(extra.items())})
+    return key
+
+
+def cache_file(cache_dir: str | os.PathLike, key: Mapping) -> Path:
+    """``{cache_dir}/{model}/step-{step}/{dataset}.{split}.pt``."""
+    return Path(cache_dir) / str(key["model"]) / f"step-{key['step']}" / f"{key['dataset']}.{key['split']}.pt"
+
+
+def _load_cached(path: Path, key: Mapping, n: int) -> torch.Tensor | None:
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # corrupt / foreign file: recompute
+        return None
+    if not isinstance(blob, dict) or blob.get("key") != dict(key):
+        return None
+    feats = blob.get("features")
+    if not isinstance(feats, torch.Tensor) or feats.ndim != 2 or feats.shape[0] != n:
+        return None
+    return feats
+
+
+def _save_atomic(path: Path, key: Mapping, feats: torch.Tensor) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save({"key": dict(key), "features": feats}, tmp)
+    os.replace(tmp, path)
+
+
+def preprocess(batch_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+               image_size: int) -> torch.Tensor:
+    """uint8 ``B×C×S×S`` → float ``B×C×image_size×image_size``, normalised."""
+    if batch_uint8.ndim != 4:
+        raise ValueError(f"expected images B×C×H×W, got shape {tuple(batch_uint8.shape)}")
+    c = batch_uint8.shape[1]
+    if len(mean) != c or len(std) != c:
+        raise ValueError(f"images have {c} bands but mean/std have {len(mean)}/{len(std)} entries")
+    x = batch_uint8.float().div_(255.0)
+    if x.shape[-2:] != (image_size, image_size):
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    m = torch.as_tensor(list(mean), dtype=x.dtype).view(1, c, 1, 1)
+    s = torch.as_tensor(list(std), dtype=x.dtype).view(1, c, 1, 1).clamp_min(1e-6)
+    return (x - m) / s
+
+
+@torch.no_grad()
+def extract_features(encoder: torch.nn.Module, images_uint8, mean: Sequence[float], std: Sequence[float],
+                     image_size: int, batch_size: int = 256, *, device: str | torch.device = "cpu",
+                     cache_path: str | os.PathLike | None = None, cache_key: Mapping | None = None,
+                     ) -> torch.Tensor:
+    """Features ``(N, D)`` float32 on CPU of ``images_uint8`` (uint8 tensor or array ``N×C×S×S``).
+
+    With ``cache_path`` the result is loaded from / saved to that file; ``cache_key`` (see
+    :func:`cache_key`) must then be given and identifies the content.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    images = torch.as_tensor(images_uint8)
+    if images.dtype != torch.uint8:
+        raise TypeError(f"images must be uint8, got {images.dtype}")
+    n = images.shape[0]
+    path = None
+    if cache_path is not None:
+        if cache_key is None:
+            raise ValueError("cache_path given without cache_key")
+        path = Path(cache_path)
+        cached = _load_cached(path, cache_key, n)
+        if cached is not None:
+            return cached
+
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        encoder.to(device)
+        chunks = []
+        for i in range(0, n, batch_size):
+            x = preprocess(images[i:i + batch_size], mean, std, image_size).to(device)
+            f = encoder.forward_features(x)
+            if f.ndim != 2:
+                raise ValueError(f"encoder.forward_features must return (B, D), got {tuple(f.shape)}")
+            chunks.append(f.detach().float().cpu())
+        if chunks:
+            feats = torch.cat(chunks)
+        else:  # empty split: ask the encoder for its width on a dummy input
+            dummy = torch.zeros(1, images.shape[1], image_size, image_size, device=device)
+            feats = torch.zeros(0, encoder.forward_features(dummy).shape[1])
+    finally:
+        encoder.train(was_training)
+    feats = feats.contiguous()
+    if path is not None:
+        _save_atomic(path, cache_key, feats)
+    return feats

@@ -1,0 +1,134 @@
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from geofm.plots import figures as F
+
+REF = F.REFERENCE_DIR
+
+
+def write_results(root: Path):
+    # evaluation JSONs: two models, two protocols, one dataset
+    for proto in ("knn", "linprobe"):
+        for model, acc in (("demo_tiny", 0.6), ("vit_base", 0.8)):
+            d = root / "eval" / proto / model
+            d.mkdir(parents=True, exist_ok=True)
+            rec = {"protocol": proto, "model": model, "dataset": "ucm",
+                   "pretrained": {"top1": acc, "top5": 0.95, "per_class": {"a": acc}, "n_train": 10, "n_test": 5},
+                   "random_init": {"top1": acc / 3, "top5": 0.5, "per_class": {"a": 0.2}, "n_train": 10, "n_test": 5},
+                   "checkpoint_step": 50, "config": {}, "settings": {"image_size": 32, "in_chans": 3}}
+            (d / "ucm.json").write_text(json.dumps(rec))
+    # pretraining metrics, with one malformed line
+    d = root / "pretrain" / "demo_tiny"
+    d.mkdir(parents=True)
+    lines = [json.dumps({"step": s, "loss": 1.0 / (s + 1), "lr": 1e-3, "images_per_s": 100 + s, "tflops": 0.1,
+                         "mfu": 0.01, "peak_mem_gb": 0.5}) for s in range(5)]
+    (d / "metrics.jsonl").write_text("\n".join(lines + ["{not json"]) + "\n")
+    # profile: vit_base (a paper model) on 1 and 2 nodes, plus an impossible config and a demo model
+    def prof(model, strategy, nodes, ips, status="ok"):
+        p = root / "profile" / model / strategy / f"{nodes}n.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        rec = {"model": model, "strategy": strategy, "nodes": nodes, "world_size": nodes * 2,
+               "images_per_s": ips, "images_per_s_std": ips / 50 if ips else None, "tflops": 1.0, "mfu": 0.3,
+               "peak_mem_gb": 2.0 + nodes, "status": status}
+        p.write_text(json.dumps(rec))
+    prof("vit_base", "DDP", 1, 500.0)
+    prof("vit_base", "DDP", 2, 900.0)
+    prof("vit_base", "FULL_SHARD", 1, 450.0)
+    prof("vit_base", "NO_SHARD", 1, None, status="impossible: out of memory")
+    prof("demo_tiny", "HYBRID_2GPUs", 1, 3000.0)
+    prof("vit_5b", "FULL_SHARD", 8, 123.0)
+
+
+def test_run_figures_all_outputs(tmp_path):
+    write_results(tmp_path)
+    out = F.run_figures({"results": str(tmp_path)}, tmp_path / "figures", tmp_path / "tables")
+    names = sorted(p.name for p in out)
+    assert names == sorted(list(F.FIGURE_FILES.values()) + list(F.TABLE_FILES.values()))
+    assert all(p.exists() and p.stat().st_size > 0 for p in out)
+
+    acc = pd.read_csv(tmp_path / "tables" / "accuracy.csv")
+    assert len(acc) == 8 and set(acc["init"]) == {"pretrained", "random init"}
+    assert acc.loc[acc["model"] == "vit_base", "display_name"].iloc[0] == "ViT-Base"
+    assert (acc.loc[acc["model"] == "vit_base", "params"] > acc.loc[acc["model"] == "demo_tiny", "params"].max()).all()
+
+    best = pd.read_csv(tmp_path / "tables" / "best_strategy.csv")
+    row = best[(best["model"] == "vit_base") & (best["nodes"] == 1)].iloc[0]
+    assert row["best_strategy"] == "DDP" and row["images_per_s"] == 500.0
+    assert row["strategies_impossible"] == "NO_SHARD"
+
+    prof = pd.read_csv(tmp_path / "tables" / "profile.csv")
+    assert "impossible: out of memory" in set(prof["status"])
+
+    eff = pd.read_csv(tmp_path / "tables" / "weak_scaling_efficiency.csv")
+    assert set(eff["source"]) == {"paper", "this project"}
+    mine = eff[(eff["source"] == "this project") & (eff["model"] == "ViT-Base") & (eff["strategy"] == "DDP")]
+    assert mine.set_index("nodes")["efficiency"].to_dict() == pytest.approx({1: 1.0, 2: 0.9})
+    ref = pd.read_csv(REF / "frontier_weak_scaling_ips.csv")
+    r = ref[(ref["model"] == "ViT-Base") & (ref["strategy"] == "DDP")].sort_values("nodes")
+    paper = eff[(eff["source"] == "paper") & (eff["model"] == "ViT-Base") & (eff["strategy"] == "DDP")]
+    expected = (r["images_per_s"] / r["nodes"]) / (r["images_per_s"].iloc[0] / r["nodes"].iloc[0])
+    assert paper["efficiency"].tolist() == pytest.approx(expected.tolist())
+
+
+def test_weak_scaling_overlay_has_both_sources(tmp_path):
+    write_results(tmp_path)
+    prof = F.load_profile(tmp_path)
+    paper = F.load_reference("weak_scaling")
+    res = F.plot_paper_weak_scaling(paper, prof, tmp_path / "ws.png")
+    assert res.path.exists()
+    assert set(res.data["source"]) == {"paper", "this project"}
+    mine = res.data[res.data["source"] == "this project"]
+    assert set(mine["model"]) == {"ViT-Base", "ViT-5B"}  # demo_tiny is not a paper model: not overlaid
+    assert "this project: DDP" in res.labels and "paper: DDP" in res.labels
+    assert "ideal linear (paper)" in res.labels
+    # every paper number drawn comes from the reference CSV
+    assert len(res.data[res.data["source"] == "paper"]) == len(pd.read_csv(REF / "frontier_weak_scaling_ips.csv"))
+
+
+def test_memory_and_prefetch_overlays(tmp_path):
+    write_results(tmp_path)
+    prof = F.load_profile(tmp_path)
+    mem = F.plot_paper_peak_memory(F.load_reference("peak_memory"), prof, tmp_path / "mem.png")
+    assert {"paper", "this project"} == set(mem.data["source"])
+    assert "this project" in mem.labels and "paper: DDP" in mem.labels
+    pf = F.plot_paper_prefetch(F.load_reference("prefetch"), prof, tmp_path / "pf.png")
+    assert F.prefetch_setting() == ("ViT-5B", 8)
+    mine = pf.data[pf.data["source"] == "this project"]
+    assert mine["images_per_s"].tolist() == [123.0]
+    assert "this project" in pf.labels
+
+
+def test_figures_without_any_inputs(tmp_path):
+    empty_ref = tmp_path / "noref"
+    empty_ref.mkdir()
+    out = F.run_figures({"results": str(tmp_path / "nothing")}, tmp_path / "f", tmp_path / "t",
+                        reference_dir=empty_ref)
+    assert len(out) == len(F.FIGURE_FILES) + len(F.TABLE_FILES)
+    assert all(p.exists() and p.stat().st_size > 0 for p in out)
+    assert pd.read_csv(tmp_path / "t" / "accuracy.csv").empty
+
+
+def test_canonical_strategy():
+    assert F.canonical_strategy("HYBRID_1GPUs") == "HYBRID_1GPU"
+    assert F.canonical_strategy("hybrid_2gpu") == "HYBRID_2GPUs"
+    assert F.canonical_strategy("full_shard") == "FULL_SHARD"
+
+
+def test_reference_copy_matches_shared():
+    shared = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
+    if not shared.is_dir():
+        pytest.skip(f"{shared} absent (shared/ is only on developer machines)")
+    for f in sorted(shared.glob("*.csv")):
+        assert (REF / f.name).read_bytes() == f.read_bytes(), f"{f.name} differs from the project copy"
+    assert "Tsaris" in (REF / "README.md").read_text()
+
+
+def test_every_figure_has_a_caption():
+    report = Path(__file__).resolve().parents[2] / "workflow" / "report"
+    for fig in F.FIGURE_FILES.values():
+        cap = report / (Path(fig).stem + ".rst")
+        assert cap.is_file(), f"missing caption {cap}"
+        assert cap.read_text().strip()
