@@ -71,8 +71,9 @@ def smooth_noise(rng: np.random.Generator, size: int, cell: float, octaves: int 
     return out / total
 
 
-def _region_labels(rng: np.random.Generator, size: int, n_classes: int) -> np.ndarray:
-    """Domain-warped Voronoi class map (uint8, size x size); every class is present."""
+def _region_labels(rng: np.random.Generator, size: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Domain-warped Voronoi class map (uint8, size x size; every class is present) and the map of region
+    (Voronoi site) indices (int32, same shape)."""
     coarse = max(32, size // 8)
     n_sites = max(2 * n_classes, int(round(6 * (size / 512) ** 2)) + n_classes)
     sites = rng.uniform(0, coarse, (n_sites, 2)).astype(np.float32)
@@ -90,19 +91,35 @@ def _region_labels(rng: np.random.Generator, size: int, n_classes: int) -> np.nd
     gy, gx = np.meshgrid(np.arange(coarse, dtype=np.float32) + 0.5, np.arange(coarse, dtype=np.float32) + 0.5,
                          indexing="ij")
     d = (gy[..., None] - sites[:, 0]) ** 2 + (gx[..., None] - sites[:, 1]) ** 2
-    coarse_lab = site_cls[np.argmin(d, axis=-1)].astype(np.uint8)
-    return coarse_lab[cy, cx]
+    coarse_site = np.argmin(d, axis=-1).astype(np.int32)
+    site = coarse_site[cy, cx]
+    return site_cls[site].astype(np.uint8), site
 
 
-def _render(rng: np.random.Generator, labels: np.ndarray, bands: int) -> np.ndarray:
-    """Render a (bands, H, W) float32 image in 0..1 from a class map with structured textures."""
+def _render(rng: np.random.Generator, labels: np.ndarray, bands: int, regions: np.ndarray | None = None) -> np.ndarray:
+    """Render a (bands, H, W) float32 image in 0..1 from a class map with structured textures.
+
+    Colour is a nuisance, not the class: every region (``regions``: Voronoi site per pixel) takes its base
+    spectrum from a *shared* palette (the spectrum of a randomly drawn material, with per-band gains and
+    a brightness factor), whatever its class; a scene-wide illumination (per-band gain, additive haze) and a
+    smooth spatial illumination field vary on top.  What identifies a class is its spatial structure.
+    """
     size = labels.shape[0]
     yy, xx = np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32), indexing="ij")
     spectra = np.concatenate([_SPECTRA, rng.uniform(0.1, 0.6, (len(CLASSES), max(0, bands - 6))).astype(np.float32)],
                              axis=1)[:, :bands]
-    img = np.ascontiguousarray(np.moveaxis(spectra[labels.astype(np.intp)], -1, 0))  # (bands, H, W)
-    # Shared illumination / haze variation.
-    img *= 1.0 + 0.08 * smooth_noise(rng, size, size / 3, octaves=2)
+    if regions is None:
+        regions = labels.astype(np.int32)
+    n_reg = int(regions.max()) + 1
+    material = rng.integers(0, len(spectra), n_reg)
+    gain = rng.uniform(0.75, 1.25, (n_reg, bands)).astype(np.float32) * rng.uniform(0.6, 1.3, (n_reg, 1)).astype(
+        np.float32)
+    reg_col = np.clip(spectra[material] * gain, 0.02, 0.9)
+    img = np.ascontiguousarray(np.moveaxis(reg_col[regions], -1, 0))  # (bands, H, W)
+    # Scene illumination (per-band gain, haze) and a smooth illumination field.
+    img *= rng.uniform(0.85, 1.15, (bands, 1, 1)).astype(np.float32)
+    img *= 1.0 + 0.15 * smooth_noise(rng, size, size / 3, octaves=2)
+    haze = float(rng.uniform(0.0, 0.08))
     grain = rng.standard_normal((size, size)).astype(np.float32)
 
     # Water: faint low-frequency ripples, very little grain.
@@ -153,7 +170,7 @@ def _render(rng: np.random.Generator, labels: np.ndarray, bands: int) -> np.ndar
     dunes = dune_phase - np.floor(dune_phase)
     img[:, m] *= 0.85 + 0.25 * dunes[m] + 0.04 * grain[m]
 
-    img += 0.004 * grain[None]
+    img += haze + 0.004 * grain[None]
     return np.clip(img, 0.0, 1.0)
 
 
@@ -175,8 +192,8 @@ def synthesize_scenes(out_dir, n_scenes: int = 3, size: int = 2048, bands: int =
     written: list[Path] = []
     for i in range(n_scenes):
         rng = np.random.default_rng([seed, i, size, bands])
-        labels = _region_labels(rng, size, len(CLASSES))
-        img = np.round(_render(rng, labels, bands) * 255.0).astype(np.uint8)
+        labels, regions = _region_labels(rng, size, len(CLASSES))
+        img = np.round(_render(rng, labels, bands, regions) * 255.0).astype(np.uint8)
         # Scenes are placed on a diagonal, 1.5 scene-widths apart, on a 10 m grid in UTM 33N.
         x0 = 300000.0 + i * 1.5 * size * PIXEL_SIZE
         y0 = 5600000.0 - i * 0.75 * size * PIXEL_SIZE

@@ -2,7 +2,7 @@
 
 Counts matrix multiplications only (2 FLOPs per multiply-add), as MFU conventions do: patch
 embedding, per block qkv/proj/MLP linears and the two attention matmuls, decoder embedding and
-prediction. Backward costs twice the forward; recomputation by activation checkpointing is *not*
+prediction. Backward costs twice the forward (less the images' own gradient); recomputation by activation checkpointing is *not*
 counted (MFU measures useful work).
 """
 from __future__ import annotations
@@ -39,4 +39,7 @@ def encoder_forward_flops(model: str, image_size: int, in_chans: int = 3) -> int
 
 def mae_train_flops_per_image(model: str, image_size: int, in_chans: int = 3, mask_ratio: float = 0.75,
                               decoder_dim: int = 512, decoder_depth: int = 8) -> int:
-    return 3 * mae_forward_flops(model, image_size, in_chans, mask_ratio, decoder_dim, decoder_depth)
+    s = get_spec(model)
+    patch_embed = 2 * num_patches(model, image_size) * s.patch * s.patch * in_chans * s.width
+    # the images need no gradient: the patch embedding's backward is its weight gradient only
+    return 3 * mae_forward_flops(model, image_size, in_chans, mask_ratio, decoder_dim, decoder_depth) - patch_embed

@@ -1,0 +1,114 @@
+"""Config validation (schema + cross-references), strategy translation, launch environment, CLI errors."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from geofm.cli import main
+from geofm.config import ConfigError, load_config, validate
+from geofm.distributed.launch import detect, expand_nodelist
+from geofm.distributed.parallelize import ImpossibleStrategy, parse_strategy
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def demo():
+    return yaml.safe_load((ROOT / "config/demo.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "config.yaml"])
+def test_shipped_configs_validate(name):
+    cfg = load_config(ROOT / "config" / name)
+    assert cfg["models"]
+
+
+def test_paper_config_has_the_study():
+    cfg = load_config(ROOT / "config/config.yaml")
+    assert cfg["models"] == ["vit_base", "vit_huge", "vit_1b", "vit_3b", "vit_5b", "vit_15b"]
+    assert set(cfg["eval_datasets"]) == {"ucmerced", "aid", "resisc45", "eurosat"}
+    assert {"DDP", "NO_SHARD", "SHARD_GRAD_OP", "FULL_SHARD", "HYBRID_16GPUs"} <= set(cfg["profile"]["strategies"])
+    assert cfg["image_size"] == 224
+
+
+@pytest.mark.parametrize("path,value,fragment", [
+    (("pretrain", "strategy"), "HALF_SHARD", "pretrain.strategy"),
+    (("pretrain", "steps"), 0, "pretrain.steps"),
+    (("models",), ["vit_giant"], "models.0"),
+    (("pretrain", "lerning_rate"), 0.1, "lerning_rate"),
+    (("datasets", "demo_scenes", "kind"), "video", "datasets.demo_scenes.kind"),
+])
+def test_schema_errors_name_the_key(demo, path, value, fragment):
+    node = demo
+    for p in path[:-1]:
+        node = node[p]
+    node[path[-1]] = value
+    with pytest.raises(ConfigError) as err:
+        validate(demo, "demo.yaml")
+    assert fragment in str(err.value) and "demo.yaml" in str(err.value)
+
+
+def test_cross_reference_errors(demo):
+    demo["eval_datasets"] = ["nope"]
+    with pytest.raises(ConfigError, match="eval_datasets entry 'nope'"):
+        validate(demo)
+    demo["eval_datasets"] = ["demo_scenes"]
+    with pytest.raises(ConfigError, match="expected 'classification'"):
+        validate(demo)
+
+
+def test_patch_size_must_divide_image(demo):
+    demo["image_size"] = 30
+    with pytest.raises(ConfigError, match="not a multiple of demo_tiny's patch size 4"):
+        validate(demo)
+
+
+def test_cli_reports_invalid_config(tmp_path, demo, capsys):
+    demo["pretrain"]["batch_size"] = "big"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(demo))
+    assert main(["validate", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "pretrain.batch_size" in err and "bad.yaml" in err
+    assert main(["validate", "--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_cli_set_override(tmp_path, capsys):
+    assert main(["validate", "--config", str(ROOT / "config/demo.yaml"), "--set", "pretrain.steps=7"]) == 0
+    assert main(["validate", "--config", str(ROOT / "config/demo.yaml"), "--set", "pretrain.steps=-1"]) == 2
+
+
+@pytest.mark.parametrize("name,kind,reshard,mesh", [
+    ("DDP", "ddp", True, (8,)),
+    ("NO_SHARD", "fsdp", False, (8, 1)),
+    ("SHARD_GRAD_OP", "fsdp", False, (8,)),
+    ("FULL_SHARD", "fsdp", True, (8,)),
+    ("HYBRID_1GPU", "fsdp", True, (8, 1)),
+    ("HYBRID_4GPUs", "fsdp", True, (2, 4)),
+])
+def test_strategy_translation(name, kind, reshard, mesh):
+    s = parse_strategy(name)
+    assert (s.kind, s.reshard_after_forward, s.mesh_shape(8)) == (kind, reshard, mesh)
+
+
+def test_impossible_strategies():
+    with pytest.raises(ImpossibleStrategy, match="HYBRID_16GPUs needs a shard group of 16"):
+        parse_strategy("HYBRID_16GPUs").mesh_shape(8)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        parse_strategy("ZERO3")
+
+
+def test_launch_env_detection():
+    assert detect({}).world_size == 1
+    t = detect({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "MASTER_ADDR": "h0", "MASTER_PORT": "1234"})
+    assert (t.rank, t.local_rank, t.world_size, t.master_addr, t.master_port, t.launcher) == (3, 1, 4, "h0", 1234, "torchrun")
+    s = detect({"SLURM_PROCID": "9", "SLURM_LOCALID": "1", "SLURM_NTASKS": "16", "SLURM_JOB_ID": "42",
+                "SLURM_JOB_NODELIST": "frontier[00007-00008]", "PATH": "/nonexistent"})
+    assert (s.rank, s.local_rank, s.world_size, s.launcher) == (9, 1, 16, "slurm")
+    assert s.master_addr.startswith("frontier0000") and s.master_port == 20042
+
+
+def test_expand_nodelist():
+    assert expand_nodelist("frontier[00001-00003,00007],login1") == [
+        "frontier00001", "frontier00002", "frontier00003", "frontier00007", "login1"]
+    assert expand_nodelist("n1") == ["n1"]

@@ -1,0 +1,115 @@
+"""The DAG end to end on a tiny config in a temporary directory, via the Snakemake CLI."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def snakemake(cwd, *args, check=True, timeout=900):
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
+    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if check and res.returncode:
+        logs = "\n".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in Path(cwd, "results/logs").rglob("*.log"))
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}\n{logs}")
+    return res
+
+
+def make_project(tmp: Path) -> Path:
+    for item in ("Snakefile", "workflow", "config", "profiles"):
+        src = ROOT / item
+        if src.is_dir():
+            shutil.copytree(src, tmp / item, symlinks=True)
+        else:
+            shutil.copy(src, tmp / item)
+    # the schema is a link into the package: resolve it for the copy
+    link = tmp / "workflow/schemas/config.schema.yaml"
+    link.unlink()
+    shutil.copy(ROOT / "src/geofm/config.schema.yaml", link)
+    shutil.copy(Path(__file__).with_name("tiny.yaml"), tmp / "tiny.yaml")
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    proj = make_project(tmp_path_factory.mktemp("study"))
+    snakemake(proj, "--configfile", "tiny.yaml")
+    return proj
+
+
+def test_every_stage_produced_its_outputs(study):
+    res = study / "results"
+    for ds in ("demo_scenes", "demo_landcover"):
+        stats = json.loads((res / "tiles" / ds / "stats.json").read_text())
+        assert stats["n_tiles"] > 0 and len(stats["mean"]) == 3
+    import geopandas as gpd
+
+    man = gpd.read_parquet(res / "tiles/demo_scenes/manifest.parquet")
+    assert man.crs is not None and {"train", "test"} <= set(man["split"])
+    for model in ("test_micro", "demo_tiny"):
+        lines = (res / "pretrain" / model / "metrics.jsonl").read_text().splitlines()
+        assert json.loads(lines[-1])["step"] == 12
+        assert (res / "pretrain" / model / "encoder.pt").exists()
+        for protocol in ("linprobe", "knn"):
+            ev = json.loads((res / "eval" / protocol / model / "demo_landcover.json").read_text())
+            assert 0 <= ev["pretrained"]["top1"] <= 1 and 0 <= ev["random_init"]["top1"] <= 1
+            assert ev["pretrained"]["top5"] >= ev["pretrained"]["top1"]
+    ok = json.loads((res / "profile/test_micro/FULL_SHARD/1n.json").read_text())
+    assert ok["status"] == "ok" and ok["world_size"] == 2 and ok["images_per_s"] > 0
+    bad = json.loads((res / "profile/test_micro/HYBRID_4GPUs/1n.json").read_text())
+    assert bad["status"].startswith("impossible")
+    for name in ("accuracy_vs_size", "loss_curves", "throughput_per_strategy", "peak_memory", "paper_weak_scaling"):
+        assert (res / "figures" / f"{name}.png").stat().st_size > 10_000
+    prof = pd.read_csv(res / "tables/profile.csv")
+    assert set(prof["strategy"]) >= {"NO_SHARD", "FULL_SHARD"}
+
+
+def test_rerun_does_nothing(study):
+    out = snakemake(study, "--configfile", "tiny.yaml", "-n")
+    assert "Nothing to be done" in out.stdout + out.stderr
+
+
+def test_report_is_built(study):
+    snakemake(study, "--configfile", "tiny.yaml", "--report", "report.html")
+    html = (study / "report.html").read_text(errors="replace")
+    assert len(html) > 50_000 and "accuracy_vs_size.png" in html
+
+
+def test_forcerun_one_stage_keeps_the_rest(study):
+    enc = study / "results/pretrain/test_micro/encoder.pt"
+    before = enc.stat().st_mtime
+    snakemake(study, "--configfile", "tiny.yaml", "--forcerun", "figures", "--until", "figures")
+    assert enc.stat().st_mtime == before
+
+
+def test_invalid_config_fails_before_any_job(tmp_path):
+    proj = make_project(tmp_path)
+    cfg = yaml.safe_load((proj / "tiny.yaml").read_text())
+    cfg["pretrain"]["strategy"] = "HALF_SHARD"
+    (proj / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    res = snakemake(proj, "--configfile", "bad.yaml", check=False)
+    assert res.returncode != 0
+    assert "HALF_SHARD" in res.stdout + res.stderr
+    assert not (proj / "results").exists() and not (proj / "resources").exists()
+
+
+def test_paper_study_dry_run_lists_every_job(tmp_path):
+    proj = make_project(tmp_path)
+    res = snakemake(proj, "--configfile", "config/config.yaml", "-n")
+    text = res.stdout
+    for model in ("vit_base", "vit_huge", "vit_1b", "vit_3b", "vit_5b", "vit_15b"):
+        assert f"results/pretrain/{model}/encoder.pt" in text
+    for ds in ("millionaid", "ucmerced", "aid", "resisc45", "eurosat"):
+        assert f"resources/raw/{ds}/download.json" in text
+    for strategy in ("DDP", "NO_SHARD", "SHARD_GRAD_OP", "FULL_SHARD", "HYBRID_16GPUs"):
+        assert f"/{strategy}/128n.json" in text
+    counts = dict(line.split()[:2] for line in text.splitlines() if line.split()[:1] and line.split()[0] in
+                  ("pretrain", "evaluate", "profile", "download", "tile"))
+    assert counts == {"download": "5", "tile": "5", "pretrain": "6", "evaluate": "72", "profile": "432"}
