@@ -3,13 +3,16 @@
 #   snakemake --profile profiles/frontier --configfile config/config.yaml
 from snakemake.utils import min_version, validate
 
+from geofm.config import schema_path
+
 min_version("9.0")
 
 
 configfile: "config/demo.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# workflow/schemas/config.schema.yaml links to this file, which ships inside the geofm package
+validate(config, str(schema_path()))
 
 
 include: "workflow/rules/common.smk"

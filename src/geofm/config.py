@@ -16,8 +16,12 @@ class ConfigError(ValueError):
     pass
 
 
+def schema_path() -> Path:
+    return Path(str(ir.files("geofm").joinpath("config.schema.yaml")))
+
+
 def schema() -> dict:
-    return yaml.safe_load(ir.files("geofm").joinpath("config.schema.yaml").read_text())
+    return yaml.safe_load(schema_path().read_text())
 
 
 def _fill_defaults(node: dict, sch: dict) -> None:

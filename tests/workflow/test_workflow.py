@@ -29,10 +29,6 @@ def make_project(tmp: Path) -> Path:
             shutil.copytree(src, tmp / item, symlinks=True)
         else:
             shutil.copy(src, tmp / item)
-    # the schema is a link into the package: resolve it for the copy
-    link = tmp / "workflow/schemas/config.schema.yaml"
-    link.unlink()
-    shutil.copy(ROOT / "src/geofm/config.schema.yaml", link)
     shutil.copy(Path(__file__).with_name("tiny.yaml"), tmp / "tiny.yaml")
     return tmp
 
