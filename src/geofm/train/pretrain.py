@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,7 +152,9 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     groups = param_groups(model, cfg.weight_decay)
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda" or None)
     ckpt_dir = out_dir / "checkpoints"
-    metrics_path = out_dir / "metrics.jsonl"
+    # the live log sits beside the checkpoints, outside Snakemake's declared outputs (which a retried
+    # job deletes first); it is copied to metrics.jsonl when the run completes
+    metrics_path = out_dir / "run" / "metrics.jsonl"
     start = 0
     latest = ckpt.latest_step(ckpt_dir)
     if latest is not None:
@@ -247,6 +250,9 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         tmp = out_dir / "encoder.pt.tmp"
         torch.save({"meta": meta, "state_dict": enc}, tmp)
         os.replace(tmp, out_dir / "encoder.pt")
+        tmp = out_dir / "metrics.jsonl.tmp"
+        shutil.copyfile(metrics_path, tmp)
+        os.replace(tmp, out_dir / "metrics.jsonl")
         tmp = out_dir / "summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2))
         os.replace(tmp, out_dir / "summary.json")
