@@ -33,7 +33,9 @@ def _relaunch(nprocs: int, argv: list[str]) -> int:
     """Re-run this very command as ``nprocs`` local ranks (gloo on CPU, nccl on GPUs)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nprocs}",
            "-m", "geofm.cli", *argv]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nprocs)))}
+    # split this job's threads (Snakemake sets OMP_NUM_THREADS to the rule's threads) between the ranks
+    budget = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, budget // nprocs))}
     return subprocess.call(cmd, env=env)
 
 
