@@ -59,3 +59,29 @@ def test_full_size_scene_classes_and_textures(tmp_path):
         assert energy["water"] < 0.5 * energy[c], energy
     # The mean colour alone does not identify the textures: forest is much rougher than its mean suggests.
     assert energy["forest"] > 2 * energy["water"]
+
+
+def test_colour_is_not_a_class_cue(tmp_path):
+    """Every class's regions take colours from one shared palette: the mean colours of the classes overlap,
+    so a colour-only classifier cannot identify the land cover (the texture has to)."""
+    files = synthesize_scenes(tmp_path, n_scenes=2, size=1024, bands=3, seed=0)
+    per_class = {k: [] for k in range(len(CLASSES))}
+    for img_path, lab_path in ((files[0], files[1]), (files[2], files[3])):
+        img, lab = _read(img_path)[0].astype(np.float32), _read(lab_path)[0][0]
+        S = 64
+        for r in range(0, lab.shape[0], S):
+            for c in range(0, lab.shape[1], S):
+                w = lab[r:r + S, c:c + S]
+                k = int(np.bincount(w.ravel()).argmax())
+                if (w == k).mean() > 0.9:
+                    per_class[k].append(img[:, r:r + S, c:c + S].mean(axis=(1, 2)))
+    means = {k: np.array(v) for k, v in per_class.items() if len(v) >= 5}
+    assert len(means) >= 4
+    # Brightness ranges of the classes overlap pairwise (with fixed class colours water and bare soil
+    # were ~150 grey levels apart).
+    bright = {k: m.mean(1) for k, m in means.items()}
+    for a in bright:
+        for b in bright:
+            lo = max(np.percentile(bright[a], 10), np.percentile(bright[b], 10))
+            hi = min(np.percentile(bright[a], 90), np.percentile(bright[b], 90))
+            assert hi > lo, (CLASSES[a], CLASSES[b])

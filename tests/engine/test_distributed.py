@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import losses, run_ranks
+from enginelib import losses, run_ranks
 
 STRATEGIES = ["DDP", "NO_SHARD", "SHARD_GRAD_OP", "FULL_SHARD", "HYBRID_1GPU", "HYBRID_2GPUs"]
 
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
-    from conftest import TINY
+    from enginelib import TINY
 
     out = tmp_path_factory.mktemp("single")
     run_ranks(1, {"mode": "train", "cfg": {**TINY, "steps": 5, "strategy": "NO_SHARD"}, "out": str(out)})

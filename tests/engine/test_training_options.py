@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import losses, run_ranks
+from enginelib import losses, run_ranks
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    from conftest import TINY
+    from enginelib import TINY
 
     out = tmp_path_factory.mktemp("ref")
     run_ranks(1, {"mode": "train", "cfg": {**TINY, "steps": 4, "strategy": "NO_SHARD"}, "out": str(out)})

@@ -2,13 +2,18 @@
 
 :func:`synthesize_scenes` writes georeferenced, tiled+deflate uint8 GeoTIFFs (EPSG:32633, 10 m pixels,
 a different origin per scene).  Each scene is a mosaic of organic (domain-warped Voronoi) regions of
-five land-cover classes whose textures differ in *structure*, not only colour:
+five land-cover classes whose textures differ in *structure*; colour is deliberately *not* a class cue:
+every region draws its base spectrum from one palette shared by all classes (a random material's
+spectrum times per-band gains and a brightness factor), and each scene gets its own illumination
+(per-band gain, haze) plus a smooth illumination field.  So a classifier must recognise the texture,
+which is what makes the demo's pretrained-vs-random-init comparison meaningful (with class colours a
+randomly initialised encoder already separates the classes perfectly).
 
-- ``water``: dark, smooth, with faint low-frequency ripples;
-- ``forest``: dark green, high-frequency blobby canopy texture;
+- ``water``: smooth, with faint low-frequency ripples;
+- ``forest``: high-frequency blobby canopy texture;
 - ``fields``: parcels with oriented stripes (orientation, period and crop colour vary per parcel);
-- ``built_up``: a street grid with bright rectangular roofs of varying size and colour;
-- ``bare_soil``: bright tan with wavy dune ridges and fine grain.
+- ``built_up``: a street grid with rectangular roofs of varying size and colour;
+- ``bare_soil``: wavy dune ridges and fine grain.
 
 Beside each ``scene_XXX.tif`` a single-band ``scene_XXX_labels.tif`` (same grid, class index per pixel)
 is written, plus one ``classes.json`` for the directory.  Everything is vectorised numpy: separable
