@@ -91,3 +91,60 @@ def test_infinite_batches_and_too_small(scene_tiles):
     assert len(batches) == per_epoch * 2 + 1 and ld.epoch == 2
     with pytest.raises(DataError, match="not one batch"):
         make_loader(scene_tiles, "val", 10_000, 32)
+
+
+def test_augment_on_device_stages_agree(scene_tiles):
+    """"normalize"/"all" yield DeviceBatch objects whose .to(device) equals the CPU pipeline's batch."""
+    from geofm.data.augment import DeviceBatch
+
+    ref = make_loader(scene_tiles, "train", 8, 24, seed=5)
+    ref.set_epoch(1)
+    for stage in ("normalize", "all", True):
+        ld = make_loader(scene_tiles, "train", 8, 24, seed=5, augment_on_device=stage)
+        ld.set_epoch(1)
+        for (xa, ya), (xb, yb) in zip(ref, ld):
+            assert isinstance(xb, DeviceBatch) and xb.shape == xa.shape
+            assert torch.equal(xb.to("cpu"), xa) and torch.equal(ya, yb)
+        dev = make_loader(scene_tiles, "train", 8, 24, seed=5, augment_on_device=stage, device="cpu")
+        dev.set_epoch(1)
+        assert torch.equal(next(iter(dev))[0], next(iter(ref))[0])
+    with pytest.raises(ValueError, match="augment_on_device"):
+        make_loader(scene_tiles, "train", 8, 24, augment_on_device="gpu")
+
+
+def test_uint8_resized_crop_matches_float_reference():
+    """The uint8 fast path equals the float resize of the same integer crop up to rounding; flips mirror."""
+    from geofm.data.augment import integer_boxes, resized_crop, sample_augment
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (6, 3, 40, 36), dtype=torch.uint8, generator=g)
+    boxes, flips = sample_augment(6, 40, 36, g)
+    flips[:3] = torch.tensor([True, False, True])
+    out8 = resized_crop(x, boxes, 24, flips)
+    outf = resized_crop(x.float(), boxes, 24, flips)
+    assert out8.dtype == torch.uint8 and outf.dtype == torch.float32 and out8.shape == (6, 3, 24, 24)
+    assert (out8.float() - outf).abs().max() <= 1.01  # fixed-point weights + rounding
+    ib = integer_boxes(boxes, 40, 36)
+    assert (ib[:, 2:] >= 1).all() and (ib[:, 0] + ib[:, 2] <= 36).all() and (ib[:, 1] + ib[:, 3] <= 40).all()
+    x0, y0, w, h = ib[0].tolist()
+    crop = torch.nn.functional.interpolate(x[:1, :, y0:y0 + h, x0:x0 + w].float(), size=(24, 24), mode="bilinear",
+                                           antialias=True)
+    torch.testing.assert_close(outf[:1], crop.flip(-1))
+    # 13 bands (more than the 4 of the vectorised kernel) work too
+    x13 = torch.randint(0, 256, (2, 13, 32, 32), dtype=torch.uint8, generator=g)
+    assert resized_crop(x13, sample_augment(2, 32, 32, g)[0], 16).shape == (2, 13, 16, 16)
+
+
+def test_step_batches_share_the_augmentation(scene_tiles):
+    """The trainer's StepBatches: same uint8 augmentation, world-size independent, DeviceBatch equivalent."""
+    from geofm.train.batches import StepBatches
+
+    one = StepBatches(scene_tiles, 8, 24, seed=3, split="train", steps=3)
+    halves = [StepBatches(scene_tiles, 8, 24, rank=r, world=2, seed=3, split="train", steps=3) for r in (0, 1)]
+    dev = StepBatches(scene_tiles, 8, 24, rank=1, world=2, seed=3, split="train", steps=3, augment_on_device="all")
+    for s in range(3):
+        full = one.batch(s)
+        assert full.shape == (8, 3, 24, 24) and full.dtype == torch.float32
+        assert torch.equal(full[1::2], halves[1].batch(s)) and torch.equal(full[0::2], halves[0].batch(s))
+        assert torch.equal(dev.batch(s).to("cpu"), halves[1].batch(s))
+    assert not torch.equal(one.batch(0), one.batch(1))

@@ -6,10 +6,13 @@ image_size`` normalised with the tiles' ``stats.json`` mean/std and ``labels`` i
 
 - Rank split: a seeded permutation per epoch (``seed + epoch``), truncated (``drop_last``) or padded to a
   multiple of ``world_size``, then ``perm[rank::world_size]`` -- disjoint across ranks, identical on every rank.
-- MAE augmentations (``augment=True``), on the whole batch at once: RandomResizedCrop(scale=(0.2, 1.0),
-  ratio=(3/4, 4/3)) as one ``torchvision.ops.roi_align`` call (per-sample boxes, adaptive sampling so large
-  crops are area-averaged rather than aliased) and a random horizontal flip.  The RNG is seeded per
-  (seed, epoch, rank, batch), so batches are reproducible regardless of ``num_workers``.
+- MAE augmentations (``augment=True``): RandomResizedCrop(scale=(0.2, 1.0), ratio=(3/4, 4/3)) + random
+  horizontal flip, parameters drawn for the whole batch, crop + antialiased bilinear resize done on uint8
+  (:mod:`geofm.data.augment`, shared with :mod:`geofm.train.batches`), then one float conversion/normalisation.
+  The RNG is seeded per (seed, epoch, rank, batch), so batches are reproducible regardless of ``num_workers``.
+- ``augment_on_device="normalize" | "all"``: images come as a :class:`~geofm.data.augment.DeviceBatch` (uint8)
+  whose ``.to(device)`` finishes normalisation (or crop/resize/flip + normalisation) on the device; with
+  ``device=`` set, the loader does that itself and yields device tensors.
 - ``num_workers > 0`` runs whole batches in ``torch.utils.data.DataLoader`` worker processes.
 
 :func:`infinite_batches` yields batches forever, advancing the epoch each time the loader is exhausted.
@@ -22,10 +25,13 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import DataError
+from .augment import (DeviceBatch, norm_params, normalize, parse_device_stage, resized_crop, sample_augment,
+                      sample_crop_boxes)
 from .shards import TileDataset
+
+__all__ = ["ShardLoader", "make_loader", "infinite_batches", "mae_augment", "sample_crop_boxes", "resize_batch"]
 
 
 def _seed_for(*keys) -> int:
@@ -33,64 +39,19 @@ def _seed_for(*keys) -> int:
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
-def sample_crop_boxes(n: int, height: int, width: int, gen: torch.Generator, scale=(0.2, 1.0),
-                      ratio=(3 / 4, 4 / 3), tries: int = 10) -> torch.Tensor:
-    """RandomResizedCrop boxes (n x 4: x0, y0, x1, y1, pixel units) sampled for a whole batch at once."""
-    area = float(height * width)
-    s = torch.empty(n, tries).uniform_(scale[0], scale[1], generator=gen) * area
-    logr = torch.empty(n, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
-    r = torch.exp(logr)
-    w = torch.sqrt(s * r)
-    h = torch.sqrt(s / r)
-    ok = (w <= width) & (h <= height)
-    first = torch.argmax(ok.int(), dim=1)
-    rows = torch.arange(n)
-    w, h = w[rows, first], h[rows, first]
-    # Fallback (no try fitted): centre crop with the ratio clamped into range, as torchvision does.
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        fw, fh = float(width), width / ratio[0]
-    elif in_ratio > ratio[1]:
-        fw, fh = height * ratio[1], float(height)
-    else:
-        fw, fh = float(width), float(height)
-    any_ok = ok.any(dim=1)
-    w = torch.where(any_ok, w, torch.full_like(w, fw))
-    h = torch.where(any_ok, h, torch.full_like(h, fh))
-    u = torch.rand(n, 2, generator=gen)
-    x0 = torch.where(any_ok, u[:, 0] * (width - w), (width - w) / 2)
-    y0 = torch.where(any_ok, u[:, 1] * (height - h), (height - h) / 2)
-    return torch.stack([x0, y0, x0 + w, y0 + h], dim=1)
-
-
 def mae_augment(x: torch.Tensor, image_size: int, gen: torch.Generator, scale=(0.2, 1.0),
                 hflip: bool = True) -> torch.Tensor:
     """Batched random-resized-crop + horizontal flip of images ``B x C x H x W`` (uint8 or float).
 
-    Returns float32 ``B x C x image_size x image_size`` in the input's value range.  The flip is applied to
-    the (cheap, uint8) input with a mirrored crop box, which equals flipping the crop.
+    Returns float32 ``B x C x image_size x image_size`` in the input's value range (see
+    :func:`geofm.data.augment.resized_crop`; uint8 inputs are resized in uint8, then converted).
     """
-    from torchvision.ops import roi_align
-
-    b, _, h, w = x.shape
-    boxes = sample_crop_boxes(b, h, w, gen, scale=scale)
-    if hflip:
-        flip = torch.rand(b, generator=gen) < 0.5
-        if bool(flip.any()):
-            x = x.clone()
-            x[flip] = x[flip].flip(-1)
-            x0 = torch.where(flip, w - boxes[:, 2], boxes[:, 0])
-            x1 = torch.where(flip, w - boxes[:, 0], boxes[:, 2])
-            boxes = torch.stack([x0, boxes[:, 1], x1, boxes[:, 3]], dim=1)
-    rois = torch.cat([torch.arange(b, dtype=torch.float32)[:, None], boxes], dim=1)
-    return roi_align(x.float(), rois, output_size=(image_size, image_size), spatial_scale=1.0, sampling_ratio=-1,
-                     aligned=True)
+    boxes, flips = sample_augment(x.shape[0], x.shape[-2], x.shape[-1], gen, scale=scale, hflip=hflip)
+    return resized_crop(x, boxes, image_size, flips).float()
 
 
 def resize_batch(x: torch.Tensor, image_size: int) -> torch.Tensor:
-    if x.shape[-1] == image_size and x.shape[-2] == image_size:
-        return x
-    return F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+    return resized_crop(x, None, image_size)
 
 
 class _EpochBatches(torch.utils.data.Dataset):
@@ -111,7 +72,8 @@ class ShardLoader:
 
     def __init__(self, dataset: TileDataset, batch_size: int, image_size: int, rank: int = 0, world_size: int = 1,
                  seed: int = 0, augment: bool = True, num_workers: int = 0, drop_last: bool = True,
-                 shuffle: bool | None = None, scale=(0.2, 1.0), hflip: bool = True):
+                 shuffle: bool | None = None, scale=(0.2, 1.0), hflip: bool = True, augment_on_device="none",
+                 device=None):
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} outside world_size {world_size}")
         self.dataset = dataset
@@ -121,10 +83,9 @@ class ShardLoader:
         self.shuffle = self.augment if shuffle is None else bool(shuffle)
         self.scale, self.hflip = tuple(scale), bool(hflip)
         self.stats = dataset.stats
-        self.mean = torch.tensor(self.stats["mean"], dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(self.stats["std"], dtype=torch.float32).view(1, -1, 1, 1)
-        self._scale = 1.0 / (255.0 * self.std)
-        self._shift = self.mean / self.std
+        self.mean255, self.inv_std255 = norm_params(self.stats["mean"], self.stats["std"])
+        self.device_stage = parse_device_stage(augment_on_device)
+        self.device = None if device is None else torch.device(device)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -160,35 +121,49 @@ class ShardLoader:
         return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
 
     def _make_batch(self, idx: np.ndarray, epoch: int, batch_i: int):
-        x = self.dataset.get_batch(idx)  # uint8
+        x = self.dataset.get_batch(idx)  # uint8 B x C x S x S
+        boxes = flips = None
         if self.augment:
             gen = torch.Generator().manual_seed(_seed_for(self.seed, epoch, self.rank, batch_i))
-            x = mae_augment(x, self.image_size, gen, scale=self.scale, hflip=self.hflip)
-        else:
-            x = resize_batch(x.float(), self.image_size)
-        # (x / 255 - mean) / std, in place
-        x.mul_(self._scale).sub_(self._shift)
-        return x, torch.from_numpy(self.dataset.labels[idx].copy())
+            boxes, flips = sample_augment(x.shape[0], x.shape[-2], x.shape[-1], gen, scale=self.scale,
+                                          hflip=self.hflip)
+        labels = torch.from_numpy(self.dataset.labels[idx].copy())
+        if self.device_stage == "all":
+            return DeviceBatch(x, self.image_size, self.mean255, self.inv_std255, boxes, flips), labels
+        x = resized_crop(x, boxes, self.image_size, flips)  # still uint8
+        if self.device_stage == "normalize":
+            return DeviceBatch(x, self.image_size, self.mean255, self.inv_std255), labels
+        return normalize(x, self.mean255, self.inv_std255), labels
+
+    def _finish(self, batch):
+        if self.device is None:
+            return batch
+        x, y = batch
+        nb = self.device.type == "cuda"
+        return x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
 
     def __iter__(self):
         epoch = self.epoch
         batches = self.batches(epoch)
         if self.num_workers <= 0:
             for i, idx in enumerate(batches):
-                yield self._make_batch(idx, epoch, i)
+                yield self._finish(self._make_batch(idx, epoch, i))
             return
         dl = torch.utils.data.DataLoader(_EpochBatches(self, epoch, batches), batch_size=None, shuffle=False,
-                                         num_workers=self.num_workers, persistent_workers=False)
-        yield from dl
+                                         num_workers=self.num_workers, persistent_workers=False,
+                                         pin_memory=self.device is not None and self.device.type == "cuda")
+        for batch in dl:
+            yield self._finish(batch)
 
 
 def make_loader(tiles_dir, split, batch_size: int, image_size: int, rank: int = 0, world_size: int = 1,
                 seed: int = 0, augment: bool = True, num_workers: int = 0, drop_last: bool = True,
-                shuffle: bool | None = None) -> ShardLoader:
+                shuffle: bool | None = None, augment_on_device="none", device=None) -> ShardLoader:
     """Loader over ``split`` (train/val/test or None = all) of a tiles directory; see :class:`ShardLoader`."""
     ds = TileDataset(tiles_dir, split=split)
     loader = ShardLoader(ds, batch_size, image_size, rank=rank, world_size=world_size, seed=seed, augment=augment,
-                         num_workers=num_workers, drop_last=drop_last, shuffle=shuffle)
+                         num_workers=num_workers, drop_last=drop_last, shuffle=shuffle,
+                         augment_on_device=augment_on_device, device=device)
     if len(loader) == 0:
         raise DataError(f"{tiles_dir} split {split!r} has {len(ds)} tiles: not one batch of {batch_size} per rank "
                         f"with world_size={world_size} (lower batch_size or produce more tiles)")

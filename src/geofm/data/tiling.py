@@ -25,6 +25,11 @@ Formats (``ds_cfg["format"]``):
     Archives with ``UCMerced_LandUse/Images/<class>/*.tif`` or ``2750/<Class>/*.jpg`` (an already extracted
     tree is accepted too).  Extracted safely, every image read with PIL, resized (bilinear) to
     ``tile_size``, labelled by folder, stratified seeded split.  Corrupt images are rejected, not fatal.
+``eurosat_ms_zip``
+    EuroSAT_MS.zip / EuroSAT_allBands (``<Class>/<Class>_N.tif``, 13-band uint16 Sentinel-2 GeoTIFFs with a CRS):
+    read with rasterio, scaled per band to uint8 (``scaling: fixed`` with ``scale_range`` [0, 10000], or
+    ``scaling: percentile`` with ``percentiles`` [2, 98] of the train split), 13 bands or ``band_select``;
+    the manifest keeps each image's CRS and footprint.
 ``image_folder`` / ``millionaid_zip`` / ``aid_zip`` / ``resisc45_rar``
     The same for any ``<class>/<image>`` tree (directory or archive; ``AID/`` and ``NWPU-RESISC45/`` roots are
     preferred when present).  ``.rar`` archives need an external ``bsdtar``, ``7z`` or ``unrar``.
@@ -52,10 +57,12 @@ IMAGE_SUFFIXES = {".tif", ".tiff", ".jpg", ".jpeg", ".png", ".bmp"}
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ["tile_id", "source", "row_off", "col_off", "height", "width", "crs", "geometry", "label",
                     "label_name", "split", "shard", "index"]
-DEFAULT_TILE_SIZE = {"ucmerced_zip": 256, "eurosat_zip": 64, "aid_zip": 256, "resisc45_rar": 256}
+DEFAULT_TILE_SIZE = {"ucmerced_zip": 256, "eurosat_zip": 64, "eurosat_ms_zip": 64, "aid_zip": 256, "resisc45_rar": 256}
 # <class>/<image> layouts: format -> name of the directory holding the class folders (None: found by search)
 FOLDER_MARKERS = {"ucmerced_zip": "Images", "eurosat_zip": "2750", "aid_zip": "AID", "resisc45_rar": "NWPU-RESISC45",
-                  "millionaid_zip": None, "image_folder": None}
+                  "millionaid_zip": None, "image_folder": None, "eurosat_ms_zip": None}
+# Sentinel-2 band order of EuroSAT_MS / EuroSAT_allBands GeoTIFFs
+EUROSAT_MS_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -601,23 +608,47 @@ def safe_extract(zip_path, dest, max_bytes: float = 50e9) -> Path:
     return dest
 
 
+RAR_TOOLS = ("bsdtar", "7z", "unrar")
+
+
 def _extract_rar(path: Path, dest: Path) -> Path:
-    """Extract a .rar with an external tool (bsdtar, 7z or unrar): Python has no RAR decoder."""
+    """Extract a .rar with an external tool (bsdtar, 7z or unrar, the first on PATH): Python has no RAR decoder.
+
+    With bsdtar the member names are checked first (no absolute paths, no ``..``), and bsdtar itself refuses
+    to write through symlinks; any symlink that is extracted is removed afterwards.
+    """
     import subprocess
 
     dest.mkdir(parents=True, exist_ok=True)
-    for tool, cmd in (("bsdtar", ["bsdtar", "-xf", str(path), "-C", str(dest)]),
-                      ("7z", ["7z", "x", "-y", f"-o{dest}", str(path)]),
-                      ("unrar", ["unrar", "x", "-o+", str(path), str(dest) + "/"])):
-        if shutil.which(tool):
-            res = subprocess.run(cmd, capture_output=True, text=True)
+    env = {**os.environ, "LC_ALL": os.environ.get("LC_ALL") or "C.UTF-8"}  # non-ASCII member names
+    for tool in RAR_TOOLS:
+        exe = shutil.which(tool)
+        if not exe:
+            continue
+        if tool == "bsdtar":
+            res = subprocess.run([exe, "-tf", str(path)], capture_output=True, text=True, env=env)
             if res.returncode != 0:
-                raise DataError(f"{tool} failed to extract {path}: {res.stderr.strip()[-500:]}")
-            for p in dest.rglob("*"):  # same guarantees as safe_extract: nothing escapes, no links
+                raise DataError(f"bsdtar cannot read {path}: {res.stderr.strip()[-500:]}")
+            for name in res.stdout.splitlines():
+                parts = PurePosixPath(name.replace("\\", "/")).parts
+                if name.startswith(("/", "\\")) or (parts and ":" in parts[0]) or ".." in parts:
+                    raise DataError(f"unsafe path {name!r} in {path}")
+            cmd = [exe, "-xf", str(path), "-C", str(dest)]
+        elif tool == "7z":
+            cmd = [exe, "x", "-y", f"-o{dest}", str(path)]
+        else:
+            cmd = [exe, "x", "-o+", str(path), str(dest) + "/"]
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        finally:
+            for p in sorted(dest.rglob("*"), reverse=True):  # as safe_extract: no links survive, even on failure
                 if p.is_symlink():
                     p.unlink()
-            return dest
-    raise DataError(f"cannot extract {path}: install bsdtar (libarchive-tools), 7z or unrar")
+        if res.returncode != 0:
+            raise DataError(f"{tool} failed to extract {path}: {(res.stderr or res.stdout).strip()[-500:]}")
+        return dest
+    raise DataError(f"cannot extract {path}: no RAR extractor found on PATH (tried {', '.join(RAR_TOOLS)}); "
+                    "install bsdtar (Debian/Ubuntu: apt-get install libarchive-tools), 7z (p7zip-full) or unrar")
 
 
 def _find_class_root(root: Path, marker: str, fallback: bool = True) -> Path | None:
@@ -654,9 +685,8 @@ def _load_image(path: Path, S: int) -> tuple[np.ndarray, tuple[int, int]]:
     return np.ascontiguousarray(arr.transpose(2, 0, 1)), hw
 
 
-def _tile_image_folders(b: _Builder, fmt, ds_cfg, raw_dir: Path, parent_raw_dir, seed: int) -> None:
-    marker = FOLDER_MARKERS[fmt]
-    S = b.tile_size
+def _collect_class_items(b: _Builder, fmt, marker, ds_cfg, raw_dir: Path) -> list[tuple[str, Path, str]]:
+    """Extract the archives under ``raw_dir`` (zip, rar) and list ``(class_name, path, source)`` per image."""
     archives = sorted(p for p in raw_dir.rglob("*") if p.is_file() and p.suffix.lower() in (".zip", ".rar"))
     roots = []
     for i, z in enumerate(archives):
@@ -681,6 +711,15 @@ def _tile_image_folders(b: _Builder, fmt, ds_cfg, raw_dir: Path, parent_raw_dir,
                 if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
                     src = f"{zname}/{_rel(f, root)}" if zname else _rel(f, raw_dir)
                     items.append((cdir.name, f, src))
+    return items
+
+
+def _tile_image_folders(b: _Builder, fmt, ds_cfg, raw_dir: Path, parent_raw_dir, seed: int) -> None:
+    if fmt == "eurosat_ms_zip":
+        return _tile_eurosat_ms(b, fmt, ds_cfg, raw_dir, parent_raw_dir, seed)
+    marker = FOLDER_MARKERS[fmt]
+    S = b.tile_size
+    items = _collect_class_items(b, fmt, marker, ds_cfg, raw_dir)
     classes = sorted({c for c, _, _ in items})
     if not classes:
         raise DataError(f"no images found for format {fmt} under {raw_dir}: " +
@@ -703,6 +742,120 @@ def _tile_image_folders(b: _Builder, fmt, ds_cfg, raw_dir: Path, parent_raw_dir,
                               float(ds_cfg.get("val_ratio", 0.0)), _seeded_rng(seed, b.name, "split"))
     for r, sp in zip(b.rows, splits):
         r["split"] = str(sp)
+    ids = [r["tile_id"] for r in b.rows]
+    if len(set(ids)) != len(ids):
+        for r in b.rows:
+            r["tile_id"] = r["source"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# eurosat_ms_zip: 13-band Sentinel-2 GeoTIFFs, <Class>/<Class>_N.tif
+# ----------------------------------------------------------------------------------------------------------
+def _ms_scaling(ds_cfg: dict) -> tuple[str, tuple[float, float]]:
+    mode = str(ds_cfg.get("scaling", "fixed"))
+    if mode == "fixed":
+        rng = ds_cfg.get("scale_range", [0, 10000])
+    elif mode == "percentile":
+        rng = ds_cfg.get("percentiles", [2, 98])
+    else:
+        raise DataError(f"scaling must be 'fixed' or 'percentile', got {mode!r}")
+    if len(rng) != 2 or not float(rng[0]) < float(rng[1]):
+        raise DataError(f"{'scale_range' if mode == 'fixed' else 'percentiles'} must be [low, high] with "
+                        f"low < high, got {rng!r}")
+    return mode, (float(rng[0]), float(rng[1]))
+
+
+def _read_ms(path: Path, S: int, n_bands: int | None, select):
+    """Read a multispectral GeoTIFF -> (float32 C x S x S in its own units, crs, transform, (h, w))."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    with rasterio.open(path) as src:
+        if n_bands is not None and src.count != n_bands:
+            raise DataError(f"{src.count} bands, expected {n_bands}")
+        if select and max(select) > src.count:
+            raise DataError(f"band_select {select} exceeds its {src.count} bands")
+        indexes = [int(i) for i in select] if select else None
+        shape = (len(indexes) if indexes else src.count, S, S)
+        d = src.read(indexes, out_shape=shape, resampling=Resampling.bilinear) \
+            if (src.height, src.width) != (S, S) else src.read(indexes)
+        crs, tr, hw = src.crs, src.transform, (src.height, src.width)
+    d = d.astype(np.float32)
+    if not np.isfinite(d).all():
+        d = np.nan_to_num(d)
+    return d, crs, tr, hw
+
+
+def _tile_eurosat_ms(b: _Builder, fmt, ds_cfg, raw_dir: Path, parent_raw_dir, seed: int) -> None:
+    """EuroSAT_MS.zip / EuroSAT_allBands: 13-band uint16 Sentinel-2 GeoTIFFs in class folders.
+
+    Reflectances are scaled per band to uint8: ``scaling: fixed`` (default) maps ``scale_range`` (default
+    [0, 10000], i.e. reflectance 0..1) to 0..255; ``scaling: percentile`` uses the ``percentiles`` (default
+    [2, 98]) of each band over the *train* split (a fixed pixel sample per image).  ``band_select`` (1-based)
+    keeps a subset; ``bands`` (default 13) is the band count every file must have.
+    """
+    S = b.tile_size
+    mode, rng = _ms_scaling(ds_cfg)
+    select = ds_cfg.get("band_select")
+    if select is not None and (isinstance(select, (int, str)) or not all(int(i) >= 1 for i in select)):
+        raise DataError(f"band_select must be a list of 1-based band indices, got {select!r}")
+    select = [int(i) for i in select] if select else None
+    n_bands = ds_cfg.get("bands", 13)
+    n_bands = None if n_bands is None else int(n_bands)
+    items = _collect_class_items(b, fmt, None, ds_cfg, raw_dir)
+    items = [it for it in items if it[1].suffix.lower() in TIFF_SUFFIXES]
+    classes = sorted({c for c, _, _ in items})
+    if not classes:
+        raise DataError(f"no GeoTIFFs in class folders for format {fmt} under {raw_dir}: " +
+                        "; ".join(r["reason"] for r in b.rejected))
+    b.classes = classes
+    cidx = {c: i for i, c in enumerate(classes)}
+    sample_rng = _seeded_rng(seed, b.name, "ms-sample")
+    n_sample = int(ds_cfg.get("percentile_sample", 256))
+    good, samples = [], []  # pass 1: validate every file (and sample pixels for the percentiles)
+    for cname, f, src in items:
+        try:
+            d, crs, tr, hw = _read_ms(f, S, n_bands, select)
+        except Exception as e:  # noqa: BLE001 - GDAL raises many types for corrupt files
+            b.reject(src, f"cannot read {src}: {type(e).__name__}: {e}")
+            continue
+        good.append((cname, f, src, crs, tr, hw))
+        if mode == "percentile":
+            flat = d.reshape(d.shape[0], -1)
+            samples.append(flat[:, sample_rng.integers(0, flat.shape[1], size=min(n_sample, flat.shape[1]))])
+    if not good:
+        raise DataError("every image was rejected: " + "; ".join(f"{r['file']}: {r['reason']}"
+                                                                for r in b.rejected[:20]))
+    splits = stratified_split([cidx[g[0]] for g in good], float(ds_cfg.get("train_ratio", 0.8)),
+                              float(ds_cfg.get("val_ratio", 0.0)), _seeded_rng(seed, b.name, "split"))
+    if mode == "fixed":
+        lo = np.full(1, rng[0], np.float32)
+        hi = np.full(1, rng[1], np.float32)
+    else:
+        train = [s for s, sp in zip(samples, splits) if sp == "train"] or samples
+        pix = np.concatenate(train, axis=1)
+        lo = np.percentile(pix, rng[0], axis=1).astype(np.float32)
+        hi = np.percentile(pix, rng[1], axis=1).astype(np.float32)
+        hi = np.maximum(hi, lo + 1.0)
+    scale = (255.0 / (hi - lo))[:, None, None]
+    for (cname, f, src, crs, tr, hw), sp in zip(good, splits):  # pass 2: scale and store
+        try:
+            d, _, _, _ = _read_ms(f, S, n_bands, select)
+        except Exception as e:  # noqa: BLE001 - changed since pass 1
+            b.reject(src, f"cannot read {src}: {type(e).__name__}: {e}")
+            continue
+        tile = np.round(np.clip((d - lo[:, None, None]) * scale, 0, 255)).astype(np.uint8)
+        b.add(tile, {"tile_id": Path(src).stem, "source": src, "row_off": 0, "col_off": 0, "height": hw[0],
+                     "width": hw[1], "crs": crs.to_string() if crs else None,
+                     "geometry": _footprint(tr, 0, 0, hw[0], hw[1]) if crs else None,
+                     "label": cidx[cname], "label_name": cname, "split": str(sp)})
+    names = EUROSAT_MS_BANDS if (b.bands == 13 and not select) else (
+        [EUROSAT_MS_BANDS[i - 1] for i in select] if select and n_bands == 13 else None)
+    b.extra["scaling"] = {"mode": mode, "low": [float(v) for v in np.broadcast_to(lo, (b.bands,))],
+                          "high": [float(v) for v in np.broadcast_to(hi, (b.bands,))],
+                          **({"percentiles": list(rng)} if mode == "percentile" else {})}
+    if names:
+        b.extra["band_names"] = names
     ids = [r["tile_id"] for r in b.rows]
     if len(set(ids)) != len(ids):
         for r in b.rows:

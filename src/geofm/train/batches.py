@@ -8,12 +8,13 @@ it) and a resumed run continues with exactly the batches an uninterrupted run wo
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from ..data.augment import DeviceBatch, norm_params, normalize, parse_device_stage, sample_crop_boxes
+from ..data.augment import resized_crop as _resized_crop
 
 
 def _gen(*keys: int) -> torch.Generator:
@@ -24,41 +25,34 @@ def _gen(*keys: int) -> torch.Generator:
 
 
 def crop_boxes(n: int, size: int, gen: torch.Generator, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
-    """Random-resized-crop boxes (x1, y1, x2, y2) in pixels, vectorised (no rejection loop)."""
-    area = torch.empty(n).uniform_(scale[0], scale[1], generator=gen) * size * size
-    logr = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
-    r = torch.exp(logr)
-    w = torch.sqrt(area * r).clamp(1, size)
-    h = torch.sqrt(area / r).clamp(1, size)
-    x1 = torch.rand(n, generator=gen) * (size - w)
-    y1 = torch.rand(n, generator=gen) * (size - h)
-    return torch.stack([x1, y1, x1 + w, y1 + h], dim=1)
+    """Random-resized-crop boxes (x1, y1, x2, y2) in pixels of a square ``size`` image (torchvision semantics,
+    vectorised; see :func:`geofm.data.augment.sample_crop_boxes`)."""
+    return sample_crop_boxes(n, size, size, gen, scale=scale, ratio=ratio)
 
 
-def resized_crop(images: torch.Tensor, boxes: torch.Tensor | None, out: int) -> torch.Tensor:
-    """Batched crop + bilinear resize (``roi_align``); ``boxes=None`` resizes the whole image."""
-    images = images.float()
-    if boxes is None:
-        if images.shape[-1] == out:
-            return images
-        return F.interpolate(images, size=(out, out), mode="bilinear", align_corners=False, antialias=True)
-    from torchvision.ops import roi_align
-
-    idx = torch.arange(images.shape[0], dtype=boxes.dtype).unsqueeze(1)
-    return roi_align(images, torch.cat([idx, boxes], dim=1), output_size=(out, out), spatial_scale=1.0,
-                     sampling_ratio=2, aligned=True)
+def resized_crop(images: torch.Tensor, boxes: torch.Tensor | None, out: int,
+                 flips: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample crop (boxes rounded to whole pixels) + antialiased bilinear resize (+ flip); ``boxes=None``
+    resizes the whole image.  uint8 stays uint8 on CPU (see :func:`geofm.data.augment.resized_crop`)."""
+    return _resized_crop(images, boxes, out, flips)
 
 
 class StepBatches(torch.utils.data.Dataset):
-    """Item ``s`` is rank ``rank``'s batch of step ``s`` (float, normalised) — use with ``batch_size=None``."""
+    """Item ``s`` is rank ``rank``'s batch of step ``s`` (float, normalised) — use with ``batch_size=None``.
+
+    ``augment_on_device="normalize" | "all"`` makes items :class:`~geofm.data.augment.DeviceBatch` objects (uint8
+    + augmentation parameters) that the training loop's ``x.to(device, non_blocking=True)`` turns into the same
+    normalised float batch, computed on the device (``DataLoader(pin_memory=True)`` works with them).
+    """
 
     def __init__(self, source: str | Path, global_batch: int, image_size: int, rank: int = 0, world: int = 1,
                  seed: int = 0, augment: bool = True, in_chans: int = 3, split: str | None = "train",
-                 start: int = 0, steps: int = 0):
+                 start: int = 0, steps: int = 0, augment_on_device="none"):
         if global_batch % world:
             raise ValueError(f"global batch {global_batch} is not divisible by the world size {world}")
         self.global_batch, self.image_size, self.rank, self.world = global_batch, image_size, rank, world
         self.seed, self.augment, self.start, self.steps = seed, augment, start, steps
+        self.device_stage = parse_device_stage(augment_on_device)
         self.synthetic = str(source) == "synthetic"
         if self.synthetic:
             g = _gen(seed, 7)
@@ -74,8 +68,7 @@ class StepBatches(torch.utils.data.Dataset):
                                  f"({global_batch}); lower pretrain.batch_size or tile more data")
             stats = self.ds.stats
             self.in_chans = int(stats["bands"])
-            self.mean = torch.tensor(stats["mean"], dtype=torch.float32).view(1, -1, 1, 1) * 255
-            self.std = torch.tensor(stats["std"], dtype=torch.float32).clamp_min(1e-6).view(1, -1, 1, 1) * 255
+            self.mean255, self.inv_std255 = norm_params(stats["mean"], stats["std"])
 
     def __len__(self) -> int:
         return self.steps - self.start
@@ -92,21 +85,24 @@ class StepBatches(torch.utils.data.Dataset):
             pos += len(take)
         return np.asarray(out)
 
-    def batch(self, step: int) -> torch.Tensor:
+    def batch(self, step: int):
+        """Rank ``rank``'s batch of ``step``: float32 normalised, or (``augment_on_device``) a
+        :class:`~geofm.data.augment.DeviceBatch` whose ``.to(device)`` finishes it there."""
         if self.synthetic:
             return self.fixed
         idx = self.global_indices(step)[self.rank::self.world]
         x = self.ds.get_many(idx) if hasattr(self.ds, "get_many") else torch.stack([self.ds[int(i)][0] for i in idx])
-        size = x.shape[-1]
+        boxes = flips = None
         if self.augment:
             g = _gen(self.seed, 13, step)
-            boxes = crop_boxes(self.global_batch, size, g)[self.rank::self.world]
+            boxes = crop_boxes(self.global_batch, x.shape[-1], g)[self.rank::self.world]
             flips = (torch.rand(self.global_batch, generator=g) < 0.5)[self.rank::self.world]
-            x = resized_crop(x, boxes, self.image_size)
-            x = torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
-        else:
-            x = resized_crop(x, None, self.image_size)
-        return (x - self.mean) / self.std
+        if self.device_stage == "all":
+            return DeviceBatch(x, self.image_size, self.mean255, self.inv_std255, boxes, flips)
+        x = _resized_crop(x, boxes, self.image_size, flips)  # uint8, per sample
+        if self.device_stage == "normalize":
+            return DeviceBatch(x, self.image_size, self.mean255, self.inv_std255)
+        return normalize(x, self.mean255, self.inv_std255)
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.batch(self.start + i)
