@@ -5,7 +5,7 @@
     geofm tile      --config C --dataset D
     geofm pretrain  --config C --model M [--nprocs N]
     geofm evaluate  --config C --protocol P --model M --dataset D --out F
-    geofm profile   --config C --model M --strategy S --nodes N --out F
+    geofm profile   --config C --model M --strategy S --nodes N [--variant V] --out F
     geofm figures   --config C
 
 Multi-process stages (pretrain, profile) run as one rank each when started by torchrun or srun; started
@@ -84,27 +84,51 @@ def cmd_pretrain(args, cfg, argv):
     return 0
 
 
+def profile_settings(pr: dict, variant: str) -> tuple[dict, dict]:
+    """(effective profile settings, the variant's own overrides) for ``variant`` (``base``: none)."""
+    from .config import PROFILE_VARIANT_KEYS as VARIANT_KEYS
+
+    variants = pr.get("variants") or {}
+    if variant != "base" and variant not in variants:
+        raise ValueError(f"unknown profile variant {variant!r} (profile.variants: {', '.join(variants) or 'none'})")
+    own = {k: v for k, v in (variants.get(variant) or {}).items() if k in VARIANT_KEYS}
+    return {**pr, **own}, own
+
+
 def cmd_profile(args, cfg, argv):
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiled step: no Kineto start/stop chatter in the log
     pr = cfg["profile"]
+    variant = args.variant or "base"
+    try:
+        eff, own = profile_settings(pr, variant)
+    except ValueError as exc:
+        print(f"geofm profile: error: {exc}", file=sys.stderr)
+        return 2
     nprocs = args.nodes * pr.get("procs_per_node", 1)
     if nprocs > 1 and not _in_distributed_env():
         return _relaunch(nprocs, argv)
     from .profile.throughput import profile_run, write_json
 
     ds = cfg["pretrain_dataset"]
-    data = "synthetic" if pr.get("data", "synthetic") == "synthetic" else str(Path(cfg["results"]) / "tiles" / ds)
+    real = eff.get("data", "synthetic") == "real"
+    data = str(Path(cfg["results"]) / "tiles" / ds) if real else "synthetic"
     from .distributed.launch import detect
 
     world = detect().world_size
-    over = {k: pr[k] for k in ("precision", "activation_checkpointing", "compile", "backward_prefetch") if k in pr}
+    over = {k: eff[k] for k in ("precision", "activation_checkpointing", "compile", "backward_prefetch",
+                                "forward_prefetch") if k in eff}
+    if real:
+        over["in_chans"] = _in_chans(cfg, ds)
     p = dict(cfg["pretrain"])
     p.pop("strategy", None)
     tc = _train_config(cfg, args.model, data, p, strategy=args.strategy,
                        batch_size=pr.get("batch_size", 8) * world, **over)
-    rec = profile_run(tc, args.nodes, pr.get("warmup_steps", 2), pr.get("steps", 5), pr.get("device_memory_gb"))
+    rec = profile_run(tc, args.nodes, pr.get("warmup_steps", 2), pr.get("steps", 5), pr.get("device_memory_gb"),
+                      variant=variant, variant_settings=own)
     if detect().rank == 0:
         write_json(rec, args.out)
-        print(json.dumps({k: rec.get(k) for k in ("model", "strategy", "nodes", "status", "images_per_s", "mfu")}))
+        print(json.dumps({k: rec.get(k) for k in ("model", "strategy", "nodes", "variant", "status", "images_per_s",
+                                                  "mfu", "comm_share")}))
     return 0
 
 
@@ -134,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (YAML value), e.g. --set pretrain.steps=10")
         for o in opts:
-            sp.add_argument(f"--{o}", required=o not in ("nprocs",), type=int if o in ("nodes", "nprocs") else str)
+            sp.add_argument(f"--{o}", required=o not in ("nprocs", "variant"),
+                            type=int if o in ("nodes", "nprocs") else str)
         return sp
 
     add("validate")
@@ -142,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     add("tile", "dataset")
     add("pretrain", "model", "nprocs")
     add("evaluate", "protocol", "model", "dataset", "out")
-    add("profile", "model", "strategy", "nodes", "out")
+    add("profile", "model", "strategy", "nodes", "variant", "out")
     add("figures")
     args = ap.parse_args(argv)
     try:

@@ -12,6 +12,12 @@ from pathlib import Path
 import yaml
 
 
+# the settings a profile variant may override (profile.variants.<name>.<key>); the rest of a variant's keys
+# (models, strategies, nodes, description) say where it runs
+PROFILE_VARIANT_KEYS = ("backward_prefetch", "forward_prefetch", "compile", "activation_checkpointing", "data",
+                        "precision")
+
+
 class ConfigError(ValueError):
     pass
 
@@ -64,7 +70,7 @@ def validate(cfg: dict, source: str = "config") -> dict:
             raise ConfigError(f"{source}: datasets.{name}.path is required when source is 'local'")
     from .models.registry import get_spec
 
-    for m in set(cfg["models"]) | set(cfg["profile"].get("models", [])):
+    for m in dict.fromkeys([*cfg["models"], *cfg["profile"].get("models", [])]):  # in config order
         if cfg["image_size"] % get_spec(m).patch:
             raise ConfigError(f"{source}: image_size {cfg['image_size']} is not a multiple of {m}'s patch "
                               f"size {get_spec(m).patch}")

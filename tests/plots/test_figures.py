@@ -42,6 +42,27 @@ def write_results(root: Path):
     prof("vit_5b", "FULL_SHARD", 8, 123.0)
 
 
+def write_variants(root: Path):
+    """Variants of two cells (as profile.variants writes them: {nodes}n.{variant}.json)."""
+    def rec(model, strategy, nodes, variant, ips, status="ok", **settings):
+        p = root / "profile" / model / strategy / (f"{nodes}n.{variant}.json" if variant != "base" else f"{nodes}n.json")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        base = {"backward_prefetch": 1, "forward_prefetch": 0, "compile": False, "activation_checkpointing": 0,
+                "data": "synthetic", "precision": "bf16"}
+        r = {"model": model, "strategy": strategy, "nodes": nodes, "world_size": nodes * 8, "variant": variant,
+             "variant_settings": settings, **base, **settings, "images_per_s": ips,
+             "images_per_s_std": ips / 50 if ips else None, "tflops": 1.0, "mfu": 0.3, "peak_mem_gb": 40.0,
+             "status": status, "device": "MI250X_GCD"}
+        p.write_text(json.dumps(r))
+    rec("vit_5b", "FULL_SHARD", 8, "base", 123.0)
+    rec("vit_5b", "FULL_SHARD", 8, "noprefetch", 100.0, backward_prefetch=0)
+    rec("vit_5b", "FULL_SHARD", 8, "prefetch2", 110.0, backward_prefetch=2)
+    rec("vit_5b", "HYBRID_2GPUs", 8, "base", 90.0)  # no no-prefetch run: no baseline, not in the comparison
+    # a faster variant must not win best_strategy (variants change more than the strategy)
+    rec("vit_base", "FULL_SHARD", 1, "compile", 9999.0, compile=True)
+    rec("vit_base", "FULL_SHARD", 1, "ac", None, status="impossible: out of memory", activation_checkpointing=1)
+
+
 def test_run_figures_all_outputs(tmp_path):
     write_results(tmp_path)
     out = F.run_figures({"results": str(tmp_path)}, tmp_path / "figures", tmp_path / "tables")
@@ -99,6 +120,68 @@ def test_memory_and_prefetch_overlays(tmp_path):
     mine = pf.data[pf.data["source"] == "this project"]
     assert mine["images_per_s"].tolist() == [123.0]
     assert "this project" in pf.labels
+
+
+def test_profile_variants_in_tables(tmp_path):
+    write_results(tmp_path)
+    write_variants(tmp_path)
+    F.run_figures({"results": str(tmp_path)}, tmp_path / "figures", tmp_path / "tables")
+    prof = pd.read_csv(tmp_path / "tables" / "profile.csv")
+    for col in ("variant", "backward_prefetch", "forward_prefetch", "compile", "activation_checkpointing", "data",
+                "precision", "comm_share"):
+        assert col in prof.columns
+    cell = prof[(prof["model"] == "vit_base") & (prof["strategy"] == "FULL_SHARD")]
+    assert cell["variant"].tolist() == ["base", "ac", "compile"]  # base first
+    assert prof.loc[prof["variant"] == "noprefetch", "backward_prefetch"].tolist() == [0]
+    assert set(prof["variant"]) == {"base", "noprefetch", "prefetch2", "compile", "ac"}
+    best = pd.read_csv(tmp_path / "tables" / "best_strategy.csv")
+    row = best[(best["model"] == "vit_base") & (best["nodes"] == 1)].iloc[0]
+    assert row["best_strategy"] == "DDP" and row["images_per_s"] == 500.0  # not the 9999 img/s compile variant
+    assert row["strategies_impossible"] == "NO_SHARD"  # the impossible `ac` variant is not listed either
+    eff = pd.read_csv(tmp_path / "tables" / "weak_scaling_efficiency.csv")
+    mine = eff[(eff["source"] == "this project") & (eff["model"] == "ViT-Base")]
+    assert 9999.0 not in set(mine["images_per_s"])
+    thr = F.plot_throughput_per_strategy(F.base_variant(F.load_profile(tmp_path)), tmp_path / "t.png")
+    assert set(thr.data["variant"]) == {"base"}
+
+
+def test_prefetch_comparison_is_relative_per_source(tmp_path):
+    write_results(tmp_path)
+    write_variants(tmp_path)
+    paper_pf = F.load_reference("prefetch")
+    res = F.plot_prefetch_comparison(paper_pf, F.load_profile(tmp_path), tmp_path / "pf.png")
+    assert res.path.exists() and res.path.stat().st_size > 10_000
+    assert set(res.data["source"]) == {"paper", "this project"}
+    assert any(lab.startswith("paper: BACKWARD_PRE") for lab in res.labels)
+    assert any(lab.startswith("this project: ViT-5B, 8 node(s), backward_prefetch=1") for lab in res.labels)
+    # paper: relative to its own NONE run of the same strategy and limit_all_gathers
+    ref = pd.read_csv(REF / "frontier_prefetch_vit5b_8nodes_ips.csv")
+    ref["limit_all_gathers"] = ref["limit_all_gathers"].astype(str).str.lower()
+    fs = ref[(ref["strategy"] == "FULL_SHARD") & (ref["limit_all_gathers"] == "false")].set_index("backward_prefetch")
+    p = res.data[(res.data["source"] == "paper") & (res.data["strategy"] == "FULL_SHARD")
+                 & (res.data["limit_all_gathers"] == "false")].set_index("option")["relative"]
+    assert p["BACKWARD_PRE"] == pytest.approx(fs.loc["BACKWARD_PRE", "images_per_s"] / fs.loc["NONE", "images_per_s"])
+    assert p["NONE"] == pytest.approx(1.0)
+    assert len(res.data[res.data["source"] == "paper"]) == len(ref)
+    # this project: relative to its own backward_prefetch=0 run of the same cell
+    mine = res.data[res.data["source"] == "this project"].set_index("variant")["relative"]
+    assert mine.to_dict() == pytest.approx({"noprefetch": 1.0, "base": 1.23, "prefetch2": 1.1})
+    assert "HYBRID_2GPUs" not in set(res.data.loc[res.data["source"] == "this project", "strategy"])
+
+
+def test_compile_ac_comparison(tmp_path):
+    write_results(tmp_path)
+    write_variants(tmp_path)
+    res = F.plot_compile_ac_comparison(F.load_profile(tmp_path), tmp_path / "cac.png")
+    assert res.path.exists() and res.path.stat().st_size > 10_000
+    cells = set(res.data["cell"])
+    assert cells == {"ViT-Base FULL_SHARD 1n", "ViT-5B FULL_SHARD 8n"}  # only cells with more than one variant
+    vb = res.data[res.data["cell"] == "ViT-Base FULL_SHARD 1n"].set_index("variant")
+    assert vb.loc["compile", "images_per_s"] == 9999.0 and vb.loc["compile", "variant_label"] == "compile (compile=True)"
+    assert not vb.loc["ac", "ok"]
+    assert "impossible (see profile.csv)" in res.labels and "base" in res.labels
+    empty = F.plot_compile_ac_comparison(F.load_profile(tmp_path / "none"), tmp_path / "e.png")
+    assert empty.data.empty and empty.path.exists()
 
 
 def test_figures_without_any_inputs(tmp_path):

@@ -148,7 +148,10 @@ def test_cluster_dry_run_lists_every_job(dry_runs, site):
     expected = {
         "download": len(used), "tile": len(used), "pretrain": len(cfg["models"]),
         "evaluate": len(cfg["evaluate"]["protocols"]) * len(cfg["models"]) * len(cfg["eval_datasets"]),
-        "profile": len(pr["models"]) * len(pr["strategies"]) * len(pr["nodes"]),
+        "profile": sum(len([m for m in v.get("models", pr["models"]) if m in pr["models"]])
+                       * len([s for s in v.get("strategies", pr["strategies"]) if s in pr["strategies"]])
+                       * len([n for n in v.get("nodes", pr["nodes"]) if n in pr["nodes"]])
+                       for v in [{}, *(pr.get("variants") or {}).values()]),  # the base grid + its variants
         "figures": 1, "all": 1,
     }
     expected["total"] = sum(expected.values())

@@ -21,6 +21,8 @@ wildcard_constraints:
     protocol="[a-z]+",
     strategy="[A-Z0-9_]+[a-z]*",
     nodes="[0-9]+",
+    # a profile variant as its file-name suffix: "" (the base variant) or ".<name>"
+    variant=r"(\.[a-z][a-z0-9_]*)?",
 
 
 def effective_config() -> str:
@@ -102,12 +104,41 @@ SITE_ENV = ('SITE_ENV="{resources.site_env}"; if [ -n "$SITE_ENV" ]; then case "
 
 EVAL_OUT = expand(f"{RES}/eval/{{protocol}}/{{model}}/{{dataset}}.json",
                   protocol=PROTOCOLS, model=MODELS, dataset=EVAL_DS)
-PROFILE_OUT = expand(f"{RES}/profile/{{model}}/{{strategy}}/{{nodes}}n.json",
-                     model=PROF["models"], strategy=PROF["strategies"], nodes=PROF["nodes"])
+VARIANTS = PROF.get("variants") or {}
+
+
+def profile_variant(wc):
+    """The variant named by the `{variant}` suffix ("" -> "base"); an unknown name is an error."""
+    name = wc.variant.lstrip(".") or "base"
+    if name != "base" and name not in VARIANTS:
+        raise ValueError(f"profile variant {name!r} is not under profile.variants ({', '.join(VARIANTS) or 'none'})")
+    return name
+
+
+def profile_setting(wc, key, default=None):
+    """A profile setting as the cell's variant sees it (the variant's override, else profile.<key>)."""
+    return (VARIANTS.get(profile_variant(wc)) or {}).get(key, PROF.get(key, default))
+
+
+def profile_outputs():
+    """Every profile cell: the base grid, then each variant over its part of the grid. A variant's
+    models/strategies/nodes are intersected with the grid's: Snakemake merges --configfile over
+    config/demo.yaml, so the demo's variants (all on demo_base) reach other configs and must add nothing."""
+    out = expand(f"{RES}/profile/{{model}}/{{strategy}}/{{nodes}}n.json",
+                 model=PROF["models"], strategy=PROF["strategies"], nodes=PROF["nodes"])
+    for name, v in VARIANTS.items():
+        cells = {k: [x for x in v.get(k, PROF[k]) if x in PROF[k]] for k in ("models", "strategies", "nodes")}
+        out += expand(f"{RES}/profile/{{model}}/{{strategy}}/{{nodes}}n.{name}.json",
+                      model=cells["models"], strategy=cells["strategies"], nodes=cells["nodes"])
+    return out
+
+
+PROFILE_OUT = profile_outputs()
 METRICS_OUT = expand(f"{RES}/pretrain/{{model}}/metrics.jsonl", model=MODELS)
 
 FIGURE_NAMES = ["accuracy_vs_size", "loss_curves", "throughput_per_strategy", "peak_memory",
-                "paper_weak_scaling", "paper_peak_memory", "paper_prefetch_vit5b"]
+                "paper_weak_scaling", "paper_peak_memory", "paper_prefetch_vit5b", "prefetch_comparison",
+                "compile_ac_comparison"]
 TABLE_NAMES = ["accuracy", "profile", "best_strategy", "weak_scaling_efficiency"]
 FIGURES = [f"{RES}/figures/{n}.png" for n in FIGURE_NAMES]
 TABLES = [f"{RES}/tables/{n}.csv" for n in TABLE_NAMES]

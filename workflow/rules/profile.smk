@@ -1,11 +1,15 @@
-# Throughput / memory of the training step per model × strategy × node count (the paper's grid).
+# Throughput / memory of the training step per model × strategy × node count (the paper's grid), and per
+# variant (profile.variants: prefetch, compile, activation checkpointing, data, precision): the base
+# variant writes {nodes}n.json, variant V writes {nodes}n.V.json (the `variant` wildcard is "" or ".V").
 rule profile:
     input:
-        lambda wc: tiles_of(PRETRAIN_DS) if PROF.get("data", "synthetic") == "real" else [],
+        lambda wc: tiles_of(PRETRAIN_DS) if profile_setting(wc, "data", "synthetic") == "real" else [],
     output:
-        f"{RES}/profile/{{model}}/{{strategy}}/{{nodes}}n.json",
+        f"{RES}/profile/{{model}}/{{strategy}}/{{nodes}}n{{variant}}.json",
     log:
-        f"{RES}/logs/profile/{{model}}/{{strategy}}/{{nodes}}n.log",
+        f"{RES}/logs/profile/{{model}}/{{strategy}}/{{nodes}}n{{variant}}.log",
+    params:
+        variant=profile_variant,
     threads: lambda wc: rank_threads(int(wc.nodes) * PROF.get("procs_per_node", 1))
     resources:
         nodes=lambda wc: int(wc.nodes),
@@ -18,4 +22,5 @@ rule profile:
         site_env="",
     shell:
         SITE_ENV + LAUNCH + "{GEOFM} profile --config {CFG} --model {wildcards.model} "
-        "--strategy {wildcards.strategy} --nodes {wildcards.nodes} --out {output} > {log} 2>&1"
+        "--strategy {wildcards.strategy} --nodes {wildcards.nodes} --variant {params.variant} --out {output} "
+        "> {log} 2>&1"

@@ -4,7 +4,8 @@ Inputs (all optional: a missing input gives a figure with a "no data" note, neve
 
 - ``{results}/eval/{protocol}/{model}/{dataset}.json`` (evaluate stage)
 - ``{results}/pretrain/{model}/metrics.jsonl`` (pretrain stage; ``step, loss, lr, images_per_s, ...``)
-- ``{results}/profile/{model}/{strategy}/{nodes}n.json`` (profile stage)
+- ``{results}/profile/{model}/{strategy}/{nodes}n.json`` (profile stage, base variant) and
+  ``{nodes}n.{variant}.json`` (its variants: prefetch, compile, activation checkpointing, data, precision)
 - the paper's published Frontier measurements, ``geofm/plots/reference/*.csv`` (series ``"paper"``)
 
 Every number drawn comes from these files; the plotting code holds none. Each ``plot_*`` function
@@ -43,6 +44,8 @@ FIGURE_FILES = {
     "paper_weak_scaling": "paper_weak_scaling.png",
     "paper_peak_memory": "paper_peak_memory.png",
     "paper_prefetch_vit5b": "paper_prefetch_vit5b.png",
+    "prefetch_comparison": "prefetch_comparison.png",
+    "compile_ac_comparison": "compile_ac_comparison.png",
 }
 TABLE_FILES = {
     "accuracy": "accuracy.csv",
@@ -189,22 +192,34 @@ def load_pretrain_metrics(results) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-PROFILE_COLUMNS = ["model", "display_name", "strategy", "nodes", "world_size", "images_per_s",
-                   "images_per_s_std", "tflops", "mfu", "peak_mem_gb", "status", "ok", "path"]
+BASE_VARIANT = "base"
+# the settings a profile variant may change (the profile JSON records them all, for every variant)
+VARIANT_SETTINGS = ["backward_prefetch", "forward_prefetch", "compile", "activation_checkpointing", "data",
+                    "precision"]
+PROFILE_COLUMNS = ["model", "display_name", "strategy", "nodes", "variant", *VARIANT_SETTINGS, "world_size",
+                   "images_per_s", "images_per_s_std", "tflops", "mfu", "peak_mem_gb", "peak_reserved_gb",
+                   "comm_share", "status", "ok", "path"]
+_PROFILE_FILE = re.compile(r"^(\d+)n(?:\.([a-z][a-z0-9_]*))?\.json$")
 
 
 def load_profile(results) -> pd.DataFrame:
-    """One row per ``profile/{model}/{strategy}/{nodes}n.json``; ``ok`` is ``status == "ok"``."""
+    """One row per ``profile/{model}/{strategy}/{nodes}n[.{variant}].json``; ``ok`` is ``status == "ok"``;
+    ``variant`` is ``base`` for ``{nodes}n.json``."""
     rows = []
-    for path in sorted(Path(results).glob("profile/*/*/*n.json")):
+    for path in sorted(Path(results).glob("profile/*/*/*n*.json")):
+        m = _PROFILE_FILE.match(path.name)
+        if not m:
+            continue
         rec = _read_json(path)
         if not isinstance(rec, dict):
             continue
-        m = re.match(r"^(\d+)n$", path.stem)
         row = dict(rec)
         row.setdefault("model", path.parent.parent.name)
         row.setdefault("strategy", path.parent.name)
-        row.setdefault("nodes", int(m.group(1)) if m else None)
+        row.setdefault("nodes", int(m.group(1)))
+        row.setdefault("variant", m.group(2) or BASE_VARIANT)
+        if isinstance(row.get("variant_settings"), dict):
+            row["variant_settings"] = json.dumps(row["variant_settings"], sort_keys=True)
         row["strategy"] = canonical_strategy(row["strategy"])
         row["display_name"] = display(row["model"])
         row["status"] = str(row.get("status", "ok"))
@@ -217,9 +232,21 @@ def load_profile(results) -> pd.DataFrame:
             df[c] = pd.Series(dtype=object)
     extra = [c for c in df.columns if c not in PROFILE_COLUMNS]
     df = df[PROFILE_COLUMNS + extra]
-    for c in ("nodes", "world_size", "images_per_s", "images_per_s_std", "tflops", "mfu", "peak_mem_gb"):
+    for c in ("nodes", "world_size", "images_per_s", "images_per_s_std", "tflops", "mfu", "peak_mem_gb",
+              "peak_reserved_gb"):
         df[c] = pd.to_numeric(df[c], errors="coerce")
-    return df.sort_values(["display_name", "strategy", "nodes"], ignore_index=True) if len(df) else df
+    if not len(df):
+        return df
+    df["variant"] = df["variant"].fillna(BASE_VARIANT).astype(str)
+    df["_v"] = df["variant"] != BASE_VARIANT
+    return df.sort_values(["display_name", "strategy", "nodes", "_v", "variant"], ignore_index=True).drop(columns="_v")
+
+
+def base_variant(prof: pd.DataFrame) -> pd.DataFrame:
+    """The base variant's runs only (the model × strategy × nodes grid without variants)."""
+    if prof.empty or "variant" not in prof.columns:
+        return prof
+    return prof[prof["variant"].fillna(BASE_VARIANT) == BASE_VARIANT]
 
 
 def load_reference(which: str, reference_dir=None) -> pd.DataFrame:
@@ -263,9 +290,11 @@ def accuracy_table(ev: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_strategy(prof: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, nodes): the strategy with the highest images/s among runs whose status is ok."""
+    """Per (model, nodes): the strategy with the highest images/s among the base variant's runs whose
+    status is ok (variants change more than the strategy, so they do not compete here)."""
     cols = ["model", "display_name", "nodes", "best_strategy", "images_per_s", "tflops", "mfu", "peak_mem_gb",
             "strategies_ok", "strategies_impossible"]
+    prof = base_variant(prof)
     if prof.empty:
         return pd.DataFrame(columns=cols)
     rows = []
@@ -286,6 +315,7 @@ def best_strategy(prof: pd.DataFrame) -> pd.DataFrame:
 
 def _project_scaling(prof: pd.DataFrame) -> pd.DataFrame:
     cols = ["source", "model", "strategy", "nodes", "images_per_s"]
+    prof = base_variant(prof)
     if prof.empty:
         return pd.DataFrame(columns=cols)
     ok = prof[prof["ok"] & prof["images_per_s"].notna()].copy()
@@ -648,6 +678,190 @@ def plot_paper_prefetch(paper_pf: pd.DataFrame, prof: pd.DataFrame, path, refere
     return Plotted(save_figure(fig, path), data, _legend_labels(fig))
 
 
+# --------------------------------------------------------------------------- profile variants
+PAPER_NO_PREFETCH = "NONE"
+# settings that must match for two runs to differ "only in prefetch"
+_PREFETCH_PEERS = ["model", "strategy", "nodes", "forward_prefetch", "compile", "activation_checkpointing", "data",
+                   "precision"]
+
+
+def prefetch_option(backward_prefetch) -> str:
+    """This project's FSDP2 backward-prefetch depth, named against the paper's FSDP1 options."""
+    try:
+        k = int(backward_prefetch)
+    except (TypeError, ValueError):
+        return f"backward_prefetch={backward_prefetch}"
+    if k == 0:
+        return "backward_prefetch=0 (none, ~NONE)"
+    if k == 1:
+        return "backward_prefetch=1 (FSDP2 implicit, ~BACKWARD_PRE)"
+    return f"backward_prefetch={k} (explicit, no paper counterpart)"
+
+
+def prefetch_relative(paper_pf: pd.DataFrame, prof: pd.DataFrame, reference_dir=None) -> pd.DataFrame:
+    """images/s of each prefetch option relative to the *same source's* no-prefetch run of the same cell.
+
+    Paper: per (strategy, limit_all_gathers), relative to ``backward_prefetch=NONE``. This project: per
+    cell (model, strategy, nodes and every other setting equal), relative to ``backward_prefetch=0``; cells
+    without a no-prefetch run have no baseline and are left out. Different hardware, same ratio.
+    """
+    cols = ["source", "model", "nodes", "strategy", "option", "limit_all_gathers", "variant", "images_per_s",
+            "baseline_images_per_s", "relative"]
+    parts = []
+    model, nodes = prefetch_setting(reference_dir)
+    if not paper_pf.empty:
+        pp = paper_pf.copy()
+        pp["limit_all_gathers"] = pp["limit_all_gathers"].astype(str).str.lower()
+        pp["images_per_s"] = pd.to_numeric(pp["images_per_s"], errors="coerce")
+        for (strat, lag), g in pp.groupby(["strategy", "limit_all_gathers"], sort=False):
+            base = g[g["backward_prefetch"].astype(str).str.upper() == PAPER_NO_PREFETCH]["images_per_s"]
+            if base.empty:
+                continue
+            b = float(base.iloc[0])
+            for _, r in g.iterrows():
+                parts.append({"source": PAPER, "model": model, "nodes": nodes, "strategy": strat,
+                              "option": str(r["backward_prefetch"]), "limit_all_gathers": lag, "variant": None,
+                              "images_per_s": r["images_per_s"], "baseline_images_per_s": b,
+                              "relative": r["images_per_s"] / b})
+    if not prof.empty and "backward_prefetch" in prof.columns:
+        q = prof[prof["ok"] & prof["images_per_s"].notna()].copy()
+        q["bp"] = pd.to_numeric(q["backward_prefetch"], errors="coerce")
+        q = q[q["bp"].notna()]
+        for c in _PREFETCH_PEERS:
+            if c not in q.columns:
+                q[c] = None
+        q["_cell"] = ["|".join(map(str, t)) for t in q[_PREFETCH_PEERS].itertuples(index=False)]
+        for _, g in q.groupby("_cell", sort=True):
+            base = g[g["bp"] == 0]
+            if base.empty or len(g) < 2:
+                continue
+            b = float(base["images_per_s"].iloc[0])
+            for _, r in g.sort_values("bp").iterrows():
+                parts.append({"source": PROJECT, "model": r["display_name"], "nodes": r["nodes"],
+                              "strategy": r["strategy"], "option": prefetch_option(r["bp"]),
+                              "limit_all_gathers": None, "variant": r.get("variant"),
+                              "images_per_s": r["images_per_s"], "baseline_images_per_s": b,
+                              "relative": r["images_per_s"] / b})
+    return pd.DataFrame(parts, columns=cols)
+
+
+def plot_prefetch_comparison(paper_pf: pd.DataFrame, prof: pd.DataFrame, path, reference_dir=None) -> Plotted:
+    """Backward prefetch vs none, as a speed-up over each source's own no-prefetch baseline: the paper's
+    FSDP1 options (bars, ViT-5B on 8 Frontier nodes) and this project's FSDP2 prefetch depths (markers,
+    whatever model and node count it profiled with a ``backward_prefetch: 0`` variant)."""
+    data = prefetch_relative(paper_pf, prof, reference_dir)
+    fig, ax = plt.subplots(figsize=(9.5, 4.8), layout="constrained")
+    paper = data[data["source"] == PAPER]
+    paper = paper[paper["option"].str.upper() != PAPER_NO_PREFETCH].copy()
+    proj = data[data["source"] == PROJECT]
+    proj = proj[proj["option"] != prefetch_option(0)]
+    if paper.empty and proj.empty:
+        _no_data(ax, "no paper prefetch table and no profile with a backward_prefetch: 0 variant")
+    else:
+        strategies = _strategy_order(list(paper["strategy"]) + list(proj["strategy"]))
+        paper["series"] = paper["option"] + ", limit_all_gathers=" + paper["limit_all_gathers"].astype(str)
+        options = list(dict.fromkeys(paper["series"]))
+        palette = dict(zip(options, sns.color_palette("Paired", len(options))))
+        _grouped_bars(ax, paper, "strategy", "series", "relative", x_order=strategies, hue_order=options,
+                      palette=palette, label_prefix=f"{PAPER}: ")
+        markers = ["D", "o", "^", "s", "v", "P"]
+        pm = {o: markers[i % len(markers)] for i, o in enumerate(dict.fromkeys(proj["option"]))}
+        cells = list(dict.fromkeys(proj["model"].astype(str) + ", " + proj["nodes"].astype(int).astype(str) + " node(s)"))
+        colors = dict(zip(cells, ["black", "dimgray", "saddlebrown", "purple", "teal"] * 4))
+        seen = set()
+        for _, r in proj.iterrows():
+            cell = f"{r['model']}, {int(r['nodes'])} node(s)"
+            lab = f"{PROJECT}: {cell}, {r['option']}"
+            ax.plot(strategies.index(r["strategy"]), r["relative"], marker=pm[r["option"]], color=colors[cell],
+                    linestyle="none", markersize=8, label=None if lab in seen else lab)
+            seen.add(lab)
+        ax.axhline(1.0, color="0.3", linestyle="--", linewidth=1, label="no prefetch (each source's own baseline)")
+        ax.set_ylabel("images/s relative to no prefetch")
+        ax.set_xlabel("strategy")
+        lo = float(np.nanmin(np.r_[paper["relative"].to_numpy(float), proj["relative"].to_numpy(float), 1.0]))
+        hi = float(np.nanmax(np.r_[paper["relative"].to_numpy(float), proj["relative"].to_numpy(float), 1.0]))
+        pad = max(0.05, (hi - lo) * 0.15)
+        ax.set_ylim(max(0.0, lo - pad), hi + pad)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    model, nodes = prefetch_setting(reference_dir)
+    ax.set_title(f"Backward prefetch vs none (paper: {model or '?'} on {nodes or '?'} nodes, FSDP1; "
+                 f"{PROJECT}: FSDP2)")
+    note = _hardware_note(base_variant(prof)) if not prof.empty else ""
+    _stamp(fig, f"{PAPER}: {PAPER_CITATION}; {PROJECT}: " + (note or "no prefetch variants profiled")
+           + f"; generated {_today()}")
+    return Plotted(save_figure(fig, path), data, _legend_labels(fig))
+
+
+def _variant_label(r) -> str:
+    if r["variant"] == BASE_VARIANT:
+        return BASE_VARIANT
+    try:
+        own = json.loads(r["variant_settings"]) if isinstance(r.get("variant_settings"), str) else {}
+    except ValueError:
+        own = {}
+    bits = ", ".join(f"{k}={v}" for k, v in own.items())
+    return f"{r['variant']} ({bits})" if bits else str(r["variant"])
+
+
+def variant_comparison(prof: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the cells (model, strategy, nodes) that were profiled under more than one variant."""
+    cols = ["cell", "model", "display_name", "strategy", "nodes", "variant", "variant_label", "images_per_s",
+            "images_per_s_std", "peak_mem_gb", "peak_reserved_gb", "comm_share", "status", "ok"]
+    if prof.empty or "variant" not in prof.columns:
+        return pd.DataFrame(columns=cols)
+    d = prof.copy()
+    d["cell"] = [f"{m} {st} {int(n)}n" if pd.notna(n) else f"{m} {st}"
+                 for m, st, n in zip(d["display_name"], d["strategy"], d["nodes"])]
+    n = d.groupby("cell")["variant"].transform("nunique")
+    d = d[n > 1].copy()
+    if d.empty:
+        return pd.DataFrame(columns=cols)
+    if "variant_settings" not in d.columns:
+        d["variant_settings"] = None
+    d["variant_label"] = d.apply(_variant_label, axis=1)
+    for c in cols:
+        if c not in d.columns:
+            d[c] = None
+    return d[cols].reset_index(drop=True)
+
+
+def plot_compile_ac_comparison(prof: pd.DataFrame, path) -> Plotted:
+    """images/s (median, ± std) and peak memory per device for every variant of the cells profiled under
+    more than one (compile, activation checkpointing, prefetch, data, precision); impossible runs as ×."""
+    data = variant_comparison(prof)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
+    if data.empty:
+        for ax in axes:
+            _no_data(ax, "no cell profiled under more than one variant (profile.variants)")
+    else:
+        labels = list(dict.fromkeys(data.sort_values("variant", key=lambda v: v != BASE_VARIANT)["variant_label"]))
+        cells = list(dict.fromkeys(data["cell"]))
+        palette = dict(zip(labels, sns.color_palette("tab10", len(labels))))
+        okd = data[data["ok"].astype(bool)]
+        for ax, y, yl, err in ((axes[0], "images_per_s", "images/s", "images_per_s_std"),
+                               (axes[1], "peak_mem_gb", "peak memory per device (GB)", None)):
+            centres = _grouped_bars(ax, okd, "cell", "variant_label", y, x_order=cells, hue_order=labels,
+                                    yerr=err, palette=palette)
+            for _, r in data[~data["ok"].astype(bool)].iterrows():
+                ax.plot(centres[(r["cell"], r["variant_label"])], 0, marker="x", color="crimson", markersize=8,
+                        clip_on=False, linestyle="none", label="impossible (see profile.csv)")
+            ax.set_ylabel(yl)
+            ax.set_xlabel("model, strategy, nodes")
+        axes[0].set_title("throughput per variant")
+        axes[1].set_title("peak memory per variant")
+        handles, labs = [], []
+        for ax in axes:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                if lab not in labs:
+                    handles.append(h)
+                    labs.append(lab)
+        fig.legend(handles, labs, title="variant", fontsize=8, loc="outside right center")
+    fig.suptitle("Profile variants: torch.compile, activation checkpointing, prefetch, data (this project)")
+    note = _hardware_note(prof) if not prof.empty else ""
+    _stamp(fig, f"{PROJECT}; generated {_today()}" + (f"; {note}" if note else ""))
+    return Plotted(save_figure(fig, path), data, _legend_labels(fig))
+
+
 # --------------------------------------------------------------------------- stage entry point
 def run_figures(cfg: dict, out_dir_figures, out_dir_tables, reference_dir=None) -> list[Path]:
     """Write every figure of :data:`FIGURE_FILES` and table of :data:`TABLE_FILES`; returns their paths."""
@@ -660,6 +874,7 @@ def run_figures(cfg: dict, out_dir_figures, out_dir_tables, reference_dir=None) 
     paper_ws = load_reference("weak_scaling", reference_dir)
     paper_mem = load_reference("peak_memory", reference_dir)
     paper_pf = load_reference("prefetch", reference_dir)
+    base = base_variant(prof)
 
     written = [
         write_csv(tabs / TABLE_FILES["accuracy"], accuracy_table(ev)),
@@ -670,11 +885,13 @@ def run_figures(cfg: dict, out_dir_figures, out_dir_tables, reference_dir=None) 
     jobs = [
         ("accuracy_vs_size", lambda p: plot_accuracy_vs_size(ev, p)),
         ("loss_curves", lambda p: plot_loss_curves(metrics, p)),
-        ("throughput_per_strategy", lambda p: plot_throughput_per_strategy(prof, p)),
-        ("peak_memory", lambda p: plot_peak_memory(prof, p)),
-        ("paper_weak_scaling", lambda p: plot_paper_weak_scaling(paper_ws, prof, p)),
-        ("paper_peak_memory", lambda p: plot_paper_peak_memory(paper_mem, prof, p)),
-        ("paper_prefetch_vit5b", lambda p: plot_paper_prefetch(paper_pf, prof, p, reference_dir)),
+        ("throughput_per_strategy", lambda p: plot_throughput_per_strategy(base, p)),
+        ("peak_memory", lambda p: plot_peak_memory(base, p)),
+        ("paper_weak_scaling", lambda p: plot_paper_weak_scaling(paper_ws, base, p)),
+        ("paper_peak_memory", lambda p: plot_paper_peak_memory(paper_mem, base, p)),
+        ("paper_prefetch_vit5b", lambda p: plot_paper_prefetch(paper_pf, base, p, reference_dir)),
+        ("prefetch_comparison", lambda p: plot_prefetch_comparison(paper_pf, prof, p, reference_dir)),
+        ("compile_ac_comparison", lambda p: plot_compile_ac_comparison(prof, p)),
     ]
     for name, fn in jobs:
         written.append(fn(figs / FIGURE_FILES[name]).path)

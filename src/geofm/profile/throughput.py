@@ -2,10 +2,16 @@
 
 One run = one (model, strategy, nodes) cell: build exactly the training model (same code path as
 pretraining), run ``warmup_steps`` + ``steps`` optimizer steps on synthetic data (the paper's mode) or on
-the tiles (loader included), and record images/s (median over the timed steps, with spread), TFLOP/s and
-MFU against the device's peak, peak memory per device, a step-time breakdown (forward / backward /
-optimizer) and the loader's own rate. A combination that cannot run (a shard group larger than the job,
-a model whose training state alone cannot fit the device) is written as ``status: impossible: …``.
+the tiles (the training loader included: the wait for a batch is part of the step), and record images/s
+(median over the timed steps, with spread), TFLOP/s and MFU against the device's peak, peak memory per
+device, a step-time breakdown (data wait / forward / backward / optimizer) and the loader's own rate.
+With more than one rank, one extra step after the timed ones runs under ``torch.profiler`` to measure
+the communication share (see :func:`comm_share_from_profile`). A combination that cannot run (a shard
+group larger than the job, a model whose training state alone cannot fit the device) is written as
+``status: impossible: …``.
+
+A run belongs to a *variant* of the grid (``profile.variants`` in the config; ``base`` = the profile
+section's own settings): the record carries the variant's name, its overrides and the effective settings.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ..config import PROFILE_VARIANT_KEYS
 from ..distributed import launch
 from ..distributed.parallelize import ImpossibleStrategy, parse_strategy
 from ..models.registry import count_params, display_name, num_patches
@@ -26,6 +33,10 @@ from ..train.batches import StepBatches, mask_noise
 from ..train.pretrain import TrainConfig, build_model, param_groups
 
 BYTES_PER_PARAM_STATE = 16  # fp32 master weights 4 + fp32 grads 4 + Adam moments 8
+VARIANT_KEYS = PROFILE_VARIANT_KEYS
+# collective names, compared with underscores removed ("all_gather" and c10d's "allgather" alike)
+COLLECTIVES = ("allgather", "reducescatter", "allreduce", "broadcast")
+STEP_RANGE = "geofm::profiled_step"
 
 
 def state_gb_per_device(model: str, strategy: str, world: int, image_size: int, in_chans: int = 3) -> float:
@@ -54,6 +65,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _all_reduce(t: torch.Tensor, op, device: torch.device) -> torch.Tensor:
+    """All-reduce a small CPU tensor; NCCL only reduces device tensors, so it travels there and back."""
+    d = t.to(device) if device.type == "cuda" else t
+    dist.all_reduce(d, op=op)
+    return d.cpu()
+
+
 def _energy_j(device: torch.device) -> float | None:
     """Cumulative board energy in joules where the platform exposes it (NVML); None elsewhere."""
     if device.type != "cuda" or torch.version.hip:
@@ -68,14 +86,88 @@ def _energy_j(device: torch.device) -> float | None:
         return None
 
 
-def profile_run(cfg: TrainConfig, nodes: int, warmup_steps: int, steps: int, device_memory_gb: float | None) -> dict:
+def _union_us(intervals: list[tuple[float, float]]) -> float:
+    """Total length of the union of ``(start, end)`` intervals (nested and overlapping ones count once)."""
+    total, cur_s, cur_e = 0.0, None, None
+    for s0, e0 in sorted(intervals):
+        if cur_e is None or s0 > cur_e:
+            if cur_e is not None:
+                total += cur_e - cur_s
+            cur_s, cur_e = s0, e0
+        else:
+            cur_e = max(cur_e, e0)
+    if cur_e is not None:
+        total += cur_e - cur_s
+    return total
+
+
+def _is_collective(name: str) -> bool:
+    n = name.lower().replace("_", "")
+    return any(c in n for c in COLLECTIVES)
+
+
+def comm_share_from_profile(events, step_name: str = STEP_RANGE) -> dict:
+    """Communication time of one profiled step, from ``torch.profiler`` events.
+
+    On GPUs: device kernels whose name contains ``nccl``/``rccl`` (RCCL keeps NCCL's kernel names). On
+    the CPU (gloo): ops named ``gloo:…`` or ``c10d::…`` whose name contains all_gather / reduce_scatter /
+    all_reduce / broadcast, on any thread (gloo moves the bytes on its own worker threads). The share is
+    the length of the *union* of those intervals, clipped to the step's ``record_function`` range, over
+    the step's length: the fraction of the step during which a collective was in flight, overlapped with
+    compute or not. It is an upper bound on exposed communication (profiler overhead included).
+    """
+    steps = [e for e in events if e.name == step_name]
+    if not steps:
+        return {"comm_share": "n/a", "comm_note": f"no {step_name} range in the profile"}
+    w0, w1 = steps[0].time_range.start, steps[0].time_range.end
+    dev, cpu = [], []
+    for e in events:
+        name = e.name or ""
+        if e is steps[0]:
+            continue
+        s0, e0 = max(e.time_range.start, w0), min(e.time_range.end, w1)
+        if e0 <= s0:
+            continue
+        low = name.lower()
+        if str(getattr(e, "device_type", "")).endswith("CPU"):
+            if (low.startswith("gloo:") or low.startswith("c10d::")) and _is_collective(name):
+                cpu.append((s0, e0))
+        elif "nccl" in low or "rccl" in low:
+            dev.append((s0, e0))
+    if dev:
+        iv, src = dev, "device kernels named nccl*"
+    else:
+        iv, src = cpu, "CPU-side gloo:/c10d:: collective ops"
+    comm = _union_us(iv)
+    return {"comm_share": comm / (w1 - w0) if w1 > w0 else "n/a", "comm_s": comm / 1e6,
+            "comm_profiled_step_s": (w1 - w0) / 1e6, "comm_source": src, "comm_ops": len(iv)}
+
+
+def _profiled_comm_step(run_step, device: torch.device) -> dict:
+    """One more training step under ``torch.profiler``; its communication share (every rank runs it)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        with record_function(STEP_RANGE):
+            run_step()
+    try:
+        return comm_share_from_profile(prof.events())
+    except Exception as exc:  # noqa: BLE001 - an analysis failure must not lose the timed numbers
+        return {"comm_share": "n/a", "comm_note": f"profile analysis failed: {exc}"}
+
+
+def profile_run(cfg: TrainConfig, nodes: int, warmup_steps: int, steps: int, device_memory_gb: float | None,
+                variant: str = "base", variant_settings: dict | None = None, comm_profile: bool = True) -> dict:
     de, device = launch.init(cfg.device)
     world, rank = de.world_size, de.rank
     base = {"model": cfg.model, "display": display_name(cfg.model), "strategy": cfg.strategy, "nodes": nodes,
+            "variant": variant, "variant_settings": dict(variant_settings or {}),
             "world_size": world, "batch_per_device": cfg.batch_size // world, "global_batch": cfg.batch_size,
             "image_size": cfg.image_size, "params": count_params(cfg.model, cfg.image_size, cfg.in_chans),
             "precision": cfg.precision, "compile": cfg.compile, "activation_checkpointing": cfg.activation_checkpointing,
-            "backward_prefetch": cfg.backward_prefetch, "data": "synthetic" if cfg.data == "synthetic" else "real",
+            "backward_prefetch": cfg.backward_prefetch, "forward_prefetch": cfg.forward_prefetch,
+            "data": "synthetic" if cfg.data == "synthetic" else "real",
             "device": metrics.device_name(device), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "host": os.uname().nodename}
     status = feasibility(cfg.model, cfg.strategy, world, cfg.image_size, device_memory_gb)
@@ -90,7 +182,7 @@ def profile_run(cfg: TrainConfig, nodes: int, warmup_steps: int, steps: int, dev
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=device.type == "cuda" or None)
     total = warmup_steps + steps
     data = StepBatches(cfg.data, cfg.batch_size, cfg.image_size, rank, world, cfg.seed, cfg.augment,
-                       cfg.in_chans, start=0, steps=total)
+                       cfg.in_chans, start=0, steps=total + 1)  # + the profiled step
     # the loader's own rate, on the main process, before training
     t = time.perf_counter()
     nb = min(3, total)
@@ -104,39 +196,66 @@ def profile_run(cfg: TrainConfig, nodes: int, warmup_steps: int, steps: int, dev
     metrics.reset_peak_memory(device)
     rows = []
     e0 = None
+
+    # the training loop's own loader (workers as pretrain.num_workers): the wait for the next batch is part
+    # of the step, so that an input-bound run (data: real) shows as such
+    batches = iter(torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=cfg.num_workers,
+                                               pin_memory=device.type == "cuda"))
+
+    def one_step(step: int) -> tuple[float, float, float, float, float]:
+        tl = time.perf_counter()
+        x = next(batches).to(device, non_blocking=True)
+        noise = mask_noise(cfg.seed, step, 0, cfg.batch_size, n_patch, rank, world).to(device)
+        _sync(device)
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
+            loss = model(x, cfg.mask_ratio, noise)[0]
+        _sync(device)
+        t1 = time.perf_counter()
+        loss.backward()
+        _sync(device)
+        t2 = time.perf_counter()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        _sync(device)
+        t3 = time.perf_counter()
+        return t0 - tl, t1 - t0, t2 - t1, t3 - t2, t3 - tl
+
     try:
         for step in range(total):
-            x = data.batch(step).to(device, non_blocking=True)
-            noise = mask_noise(cfg.seed, step, 0, cfg.batch_size, n_patch, rank, world).to(device)
             if step == warmup_steps:
                 e0 = _energy_j(device)
-            _sync(device)
-            t0 = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
-                loss = model(x, cfg.mask_ratio, noise)[0]
-            _sync(device)
-            t1 = time.perf_counter()
-            loss.backward()
-            _sync(device)
-            t2 = time.perf_counter()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            _sync(device)
-            t3 = time.perf_counter()
+            r = one_step(step)
             if step >= warmup_steps:
-                rows.append((t1 - t0, t2 - t1, t3 - t2, t3 - t0))
+                rows.append(r)
     except torch.OutOfMemoryError as exc:
         launch.shutdown()
         return {**base, "status": f"impossible: out of memory during the step ({str(exc).splitlines()[0]})"}
     e1 = _energy_j(device)
     mem = metrics.peak_memory_gb(device)
+    comm: dict = {"comm_share": "n/a",
+                  "comm_note": "one rank: no communication" if world == 1 else "not profiled (comm_profile off)"}
+    if world > 1 and comm_profile:
+        comm = _profiled_comm_step(lambda: one_step(total), device)
     # the slowest rank sets the pace: take the max step time over ranks, per step
-    times = torch.tensor([r[3] for r in rows], dtype=torch.float64)
-    parts = torch.tensor([[r[0], r[1], r[2]] for r in rows], dtype=torch.float64).median(dim=0).values
+    times = torch.tensor([r[4] for r in rows], dtype=torch.float64)
+    parts = torch.tensor([r[:4] for r in rows], dtype=torch.float64).median(dim=0).values
     memt = torch.tensor([mem["peak_mem_gb"], mem["peak_reserved_gb"]], dtype=torch.float64)
     if world > 1:
-        dist.all_reduce(times, op=dist.ReduceOp.MAX)
-        dist.all_reduce(memt, op=dist.ReduceOp.MAX)
+        times = _all_reduce(times, dist.ReduceOp.MAX, device)
+        memt = _all_reduce(memt, dist.ReduceOp.MAX, device)
+        if comm_profile:
+            share = comm.get("comm_share")
+            ok = isinstance(share, float)
+            nan = float("nan")
+            ct = torch.tensor([share if ok else nan, comm.get("comm_s", nan) if ok else nan,
+                               comm.get("comm_profiled_step_s", nan) if ok else nan, float(ok)], dtype=torch.float64)
+            ct = _all_reduce(ct, dist.ReduceOp.SUM, device)
+            if int(ct[3]) == world:  # mean over ranks, each rank's share of its own profiled step
+                comm.update(comm_share=float(ct[0]) / world, comm_s=float(ct[1]) / world,
+                            comm_profiled_step_s=float(ct[2]) / world, comm_note="mean over ranks of one profiled step")
+            else:
+                comm = {"comm_share": "n/a", "comm_note": f"not measurable on every rank ({comm.get('comm_note', '')})"}
     ips = [cfg.batch_size / t for t in times.tolist()]
     med = statistics.median(ips)
     out = {**base, "status": "ok", "steps": steps, "warmup_steps": warmup_steps,
@@ -145,9 +264,11 @@ def profile_run(cfg: TrainConfig, nodes: int, warmup_steps: int, steps: int, dev
            "tflops": med * fl_img / world / 1e12, "mfu": metrics.mfu(med * fl_img / world, peak),
            "peak_tflops": peak, "peak_source": peak_src, "flops_per_image": fl_img,
            "peak_mem_gb": float(memt[0]), "peak_reserved_gb": float(memt[1]),
-           "forward_s": float(parts[0]), "backward_s": float(parts[1]), "optimizer_s": float(parts[2]),
+           "data_s": float(parts[0]), "forward_s": float(parts[1]), "backward_s": float(parts[2]),
+           "optimizer_s": float(parts[3]),
            "step_s": statistics.median(times.tolist()), "loader_images_per_s_per_rank": loader_ips,
-           "energy_j_per_image": ((e1 - e0) / (steps * cfg.batch_size / world)) if (e0 is not None and e1 is not None) else "n/a"}
+           "energy_j_per_image": ((e1 - e0) / (steps * cfg.batch_size / world)) if (e0 is not None and e1 is not None)
+           else "n/a", **comm}
     launch.shutdown()
     return out
 

@@ -1,0 +1,214 @@
+"""The profile stage over its grid: variants (prefetch, activation checkpointing, real data), impossible
+cells, the communication share on 2 gloo ranks, MFU, and the Snakemake wiring of the `{variant}` suffix."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from geofm.cli import main
+from geofm.profile import throughput as T
+from geofm.train import flops, metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CFG = {
+    "results": "results", "resources": "resources", "seed": 0, "device": "cpu", "image_size": 16,
+    "pretrain_dataset": "demo_scenes", "eval_datasets": ["demo_landcover"], "models": ["test_micro"],
+    "datasets": {
+        "demo_scenes": {"kind": "scenes", "source": "synthetic", "format": "geotiff_scenes", "n_scenes": 1,
+                        "size": 256, "bands": 3, "tile_size": 32, "stride": 32, "split_block": 64},
+        "demo_landcover": {"kind": "classification", "source": "derived", "from": "demo_scenes",
+                           "format": "derived_landcover", "tile_size": 32, "train_ratio": 0.5},
+    },
+    "pretrain": {"steps": 2, "batch_size": 8, "lr": 1e-3, "warmup_steps": 1, "decoder_dim": 32, "decoder_depth": 1,
+                 "decoder_heads": 2, "precision": "fp32"},
+    "evaluate": {"protocols": ["knn"]},
+    "profile": {
+        "models": ["test_micro"], "strategies": ["FULL_SHARD", "HYBRID_2GPUs"], "nodes": [1], "procs_per_node": 1,
+        "batch_size": 4, "steps": 3, "warmup_steps": 1, "precision": "fp32", "data": "synthetic",
+        "variants": {
+            "noprefetch": {"backward_prefetch": 0, "strategies": ["FULL_SHARD"]},
+            "ac": {"activation_checkpointing": 1, "strategies": ["FULL_SHARD"]},
+            "real": {"data": "real", "strategies": ["FULL_SHARD"]},
+        },
+    },
+}
+
+
+def write_cfg(tmp: Path, **profile) -> Path:
+    cfg = json.loads(json.dumps(CFG))
+    cfg["results"], cfg["resources"] = str(tmp / "results"), str(tmp / "resources")
+    cfg["profile"].update(profile)
+    path = tmp / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def clean_env() -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "TORCHELASTIC"))}
+    env["OMP_NUM_THREADS"] = "2"
+    return env
+
+
+def cli(*args, timeout=240):
+    res = subprocess.run([sys.executable, "-m", "geofm.cli", *map(str, args)], env=clean_env(), capture_output=True,
+                         text=True, timeout=timeout)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
+def profile(cfg, out, model="test_micro", strategy="FULL_SHARD", nodes=1, variant=None):
+    args = ["profile", "--config", cfg, "--model", model, "--strategy", strategy, "--nodes", nodes, "--out", out]
+    if variant:
+        args += ["--variant", variant]
+    return [str(a) for a in args]
+
+
+# ----------------------------------------------------------------------------- 2 gloo ranks
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """base and noprefetch of one cell, and an impossible cell, on 2 gloo ranks (one local torchrun each)."""
+    tmp = tmp_path_factory.mktemp("two")
+    cfg = write_cfg(tmp, procs_per_node=2)
+    out = {}
+    for variant in ("base", "noprefetch"):
+        out[variant] = tmp / f"{variant}.json"
+        cli(*profile(cfg, out[variant], variant=variant))
+    out["hybrid4"] = tmp / "hybrid4.json"
+    cli(*profile(cfg, out["hybrid4"], strategy="HYBRID_4GPUs"))
+    return {k: json.loads(v.read_text()) for k, v in out.items()}
+
+
+def test_variants_record_their_settings(two_ranks):
+    base, nop = two_ranks["base"], two_ranks["noprefetch"]
+    for rec in (base, nop):
+        assert rec["status"] == "ok" and rec["world_size"] == 2 and rec["images_per_s"] > 0
+        assert rec["images_per_s_min"] <= rec["images_per_s"] <= rec["images_per_s_max"]
+        for k in ("data_s", "forward_s", "backward_s", "optimizer_s", "peak_mem_gb", "peak_reserved_gb", "tflops",
+                  "mfu", "loader_images_per_s_per_rank", "energy_j_per_image"):
+            assert k in rec
+    assert base["variant"] == "base" and base["variant_settings"] == {} and base["backward_prefetch"] == 1
+    assert nop["variant"] == "noprefetch" and nop["variant_settings"] == {"backward_prefetch": 0}
+    assert nop["backward_prefetch"] == 0 and nop["forward_prefetch"] == 0 and nop["data"] == "synthetic"
+
+
+def test_communication_share_on_two_ranks(two_ranks):
+    for rec in (two_ranks["base"], two_ranks["noprefetch"]):
+        assert isinstance(rec["comm_share"], float) and 0 < rec["comm_share"] < 1, rec
+        assert 0 < rec["comm_s"] < rec["comm_profiled_step_s"]
+        assert "gloo" in rec["comm_source"] and rec["comm_ops"] > 0
+
+
+def test_shard_group_larger_than_the_job_is_impossible(two_ranks):
+    rec = two_ranks["hybrid4"]
+    assert rec["status"].startswith("impossible") and "shard group of 4" in rec["status"]
+    assert rec["world_size"] == 2 and "images_per_s" not in rec
+
+
+# ----------------------------------------------------------------------------- 1 rank, in this process
+def test_single_rank_variants_and_impossible_cells(tmp_path):
+    cfg = write_cfg(tmp_path, device_memory_gb=1)
+    assert main(profile(cfg, tmp_path / "ac.json", variant="ac")) == 0
+    ac = json.loads((tmp_path / "ac.json").read_text())
+    assert ac["status"] == "ok" and ac["activation_checkpointing"] == 1 and ac["variant"] == "ac"
+    assert ac["comm_share"] == "n/a" and ac["world_size"] == 1
+    # a shard group larger than the job
+    assert main(profile(cfg, tmp_path / "h2.json", strategy="HYBRID_2GPUs")) == 0
+    h2 = json.loads((tmp_path / "h2.json").read_text())
+    assert h2["status"].startswith("impossible: HYBRID_2GPUs needs a shard group of 2")
+    # a model too big for device_memory_gb (15B params x 16 bytes on one 1 GB device): never built
+    assert main(profile(cfg, tmp_path / "big.json", model="vit_15b")) == 0
+    big = json.loads((tmp_path / "big.json").read_text())
+    assert big["status"].startswith("impossible: weights+grads+Adam state alone need") and "> 1 GB" in big["status"]
+
+
+def test_unknown_variant_is_an_error(tmp_path, capsys):
+    cfg = write_cfg(tmp_path)
+    assert main(profile(cfg, tmp_path / "x.json", variant="turbo")) == 2
+    assert "unknown profile variant 'turbo'" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_mfu_on_a_known_case(tmp_path, monkeypatch):
+    """MFU = model FLOP/s per device / the device's peak; with the peak pinned to 1 TFLOP/s it is TFLOP/s."""
+    monkeypatch.setattr(metrics, "peak_tflops", lambda device, precision: (1.0, "pinned for the test"))
+    cfg = write_cfg(tmp_path)
+    assert main(profile(cfg, tmp_path / "m.json")) == 0
+    rec = json.loads((tmp_path / "m.json").read_text())
+    fl = flops.mae_train_flops_per_image("test_micro", 16, 3, 0.75, 32, 1)
+    assert rec["flops_per_image"] == fl and rec["peak_tflops"] == 1.0
+    assert rec["tflops"] == pytest.approx(rec["images_per_s"] * fl / 1e12)
+    assert rec["mfu"] == pytest.approx(rec["tflops"])
+    assert rec["images_per_s"] == pytest.approx(rec["global_batch"] / rec["step_s"])
+    # the arithmetic itself: 100 img/s x 5 GFLOP on a 1 TFLOP/s device = 50 %
+    assert metrics.mfu(100 * 5e9, 1.0) == pytest.approx(0.5)
+
+
+def test_real_data_variant_includes_the_loader(tmp_path):
+    cfg = write_cfg(tmp_path)
+    cli("download", "--config", cfg, "--dataset", "demo_scenes")
+    cli("tile", "--config", cfg, "--dataset", "demo_scenes")
+    assert main(profile(cfg, tmp_path / "real.json", variant="real")) == 0
+    rec = json.loads((tmp_path / "real.json").read_text())
+    assert rec["status"] == "ok" and rec["data"] == "real" and rec["variant_settings"] == {"data": "real"}
+    assert rec["data_s"] > 0 and rec["loader_images_per_s_per_rank"] > 0
+
+
+# ----------------------------------------------------------------------------- pieces
+def ev(name, start, end, device="DeviceType.CPU"):
+    return SimpleNamespace(name=name, time_range=SimpleNamespace(start=start, end=end), device_type=device)
+
+
+def test_comm_share_from_events():
+    events = [ev(T.STEP_RANGE, 100, 200),
+              ev("c10d::_allgather_base_", 110, 130), ev("gloo:all_gather", 112, 128),  # nested: counted once
+              ev("gloo:all_reduce", 190, 260),  # clipped at the step's end
+              ev("FSDP::all_gather_copy_in", 140, 150), ev("aten::mm", 150, 180)]  # not communication
+    r = T.comm_share_from_profile(events)
+    assert r["comm_share"] == pytest.approx(0.30) and r["comm_s"] == pytest.approx(30e-6)
+    assert "gloo" in r["comm_source"]
+    # on GPUs the NCCL kernels count, not the CPU-side launches
+    gpu = [ev(T.STEP_RANGE, 0, 1000), ev("c10d::allreduce_", 0, 900),
+           ev("ncclDevKernel_AllGather_RING_LL", 100, 300, "DeviceType.CUDA"),
+           ev("ncclDevKernel_ReduceScatter_Sum_f32_RING_LL", 250, 400, "DeviceType.CUDA"),
+           ev("sm90_xmma_gemm", 0, 1000, "DeviceType.CUDA")]
+    r = T.comm_share_from_profile(gpu)
+    assert r["comm_share"] == pytest.approx(0.3) and "nccl" in r["comm_source"]
+    assert T.comm_share_from_profile([ev("gloo:all_gather", 0, 1)])["comm_share"] == "n/a"
+
+
+def test_feasibility():
+    assert T.feasibility("test_micro", "FULL_SHARD", 2, 16, None) == "ok"
+    assert T.feasibility("test_micro", "HYBRID_4GPUs", 2, 16, None).startswith("impossible")
+    assert T.feasibility("vit_15b", "DDP", 8, 224, 64).startswith("impossible")  # 15B x 16 B, unsharded
+    assert T.feasibility("vit_15b", "FULL_SHARD", 64, 224, 64) == "ok"
+
+
+# ----------------------------------------------------------------------------- Snakemake wiring
+def test_dry_run_lists_variant_jobs(tmp_path):
+    for item in ("Snakefile", "workflow", "config", "profiles"):
+        src = ROOT / item
+        (shutil.copytree(src, tmp_path / item, symlinks=True) if src.is_dir() else shutil.copy(src, tmp_path / item))
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--forceall", "--profile", "profiles/local"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    text = res.stdout
+    demo = yaml.safe_load((ROOT / "config/demo.yaml").read_text())["profile"]
+    for name, v in demo["variants"].items():
+        for model in v.get("models", demo["models"]):
+            for strategy in v.get("strategies", demo["strategies"]):
+                assert f"results/profile/{model}/{strategy}/1n.{name}.json" in text
+                assert f"--variant {name} --out results/profile/{model}/{strategy}/1n.{name}.json" in text
+    assert "--variant base --out results/profile/demo_tiny/NO_SHARD/1n.json" in text
+    n_base = len(demo["models"]) * len(demo["strategies"]) * len(demo["nodes"])
+    n_var = sum(len(v.get("models", demo["models"])) * len(v.get("strategies", demo["strategies"]))
+                * len(v.get("nodes", demo["nodes"])) for v in demo["variants"].values())
+    counts = dict(ln.split()[:2] for ln in text.splitlines() if ln.split()[:1] == ["profile"])
+    assert counts == {"profile": str(n_base + n_var)}
