@@ -63,6 +63,7 @@ class TrainConfig:
     backward_prefetch: int = 1
     forward_prefetch: int = 0
     augment: bool = True
+    augment_on_device: str = "none"  # none | normalize | all: finish the MAE augmentation on the GPU
     num_workers: int = 0
     checkpoint_every: int = 0  # 0: only at the end
     keep_last: int = 2
@@ -166,7 +167,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
             _trim_metrics(metrics_path, start)
     writer = metrics.MetricsWriter(metrics_path, enabled=de.is_main, append=start > 0)
     data = StepBatches(cfg.data, cfg.batch_size, cfg.image_size, rank, world, cfg.seed, cfg.augment,
-                       cfg.in_chans, start=start, steps=cfg.steps)
+                       cfg.in_chans, start=start, steps=cfg.steps, augment_on_device=cfg.augment_on_device)
     if data.in_chans != cfg.in_chans:
         raise ValueError(f"{cfg.data}: tiles have {data.in_chans} bands but the model was built for {cfg.in_chans}")
     loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=cfg.num_workers,
