@@ -191,7 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         {"validate": cmd_validate, "download": cmd_download, "tile": cmd_tile, "evaluate": cmd_evaluate,
          "figures": cmd_figures}[args.cmd](args, cfg)
-    except (FileNotFoundError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - user-facing errors get one clear line, bugs a traceback
+        from .data import DataError
+        from .eval.stages import EvalError
+
+        if not isinstance(exc, (FileNotFoundError, ValueError, KeyError, DataError, EvalError)):
+            raise
         print(f"geofm {args.cmd}: error: {exc}", file=sys.stderr)
         return 1
     return 0
