@@ -16,7 +16,19 @@ scaled by batch/256 as in MAE) [0.1], ``linprobe_solver`` (sgd | lars | logreg) 
 ``linprobe_weight_decay`` [0], ``linprobe_warmup_epochs`` [10 % of epochs], ``logreg_l2`` [1e-4],
 ``batch_size`` [256], ``knn_k`` [20], ``knn_temperature`` [0.07], ``image_size`` [top-level
 ``image_size``, else the encoder's], ``device`` [top-level ``device``; ``auto`` = cuda if available],
-``feature_cache`` [true: features under ``{results}/eval/features/``].
+``feature_cache`` [true: features under ``{results}/eval/features/``], ``pool`` (mean | cls) [mean],
+``shard_encoder`` [false: with >1 rank, shard the frozen encoder with FSDP2 instead of a copy per rank].
+
+``finetune`` (see :mod:`geofm.eval.finetune`): ``finetune_epochs`` [50], ``finetune_batch_size``
+[``batch_size``], ``finetune_lr`` (base lr, × batch/256) [5e-4], ``finetune_weight_decay`` [0.05], ``finetune_warmup_epochs`` [10 %], ``layer_decay``
+[0.75], ``drop_path`` [0.1], ``label_smoothing`` [0.1], ``mixup`` (Beta parameter, 0 = off) [0],
+``finetune_augment`` [true], ``finetune_crop_scale`` [[0.2, 1.0]], ``finetune_head_norm`` (layernorm |
+batchnorm) [layernorm], ``finetune_strategy`` [FULL_SHARD], ``finetune_precision`` [fp32]. The
+pretrained encoder and its random-init twin are both fine-tuned with the same settings and seed.
+
+Several processes (torchrun / srun, detected by :func:`geofm.distributed.launch.detect`): the process
+group is initialised here if needed, features are extracted by all ranks (each its slice, all-gathered),
+fine-tuning runs under FSDP2, every rank fits the (deterministic) classifier, and rank 0 alone writes.
 """
 from __future__ import annotations
 
@@ -34,7 +46,7 @@ from geofm.eval.linprobe import fit_logreg, predict_scores, train_linear_probe
 from geofm.eval.metrics import summarize
 
 PROTOCOLS = ("linprobe", "knn", "finetune")
-IMPLEMENTED = ("linprobe", "knn")
+IMPLEMENTED = ("linprobe", "knn", "finetune")
 
 
 class EvalError(Exception):
@@ -108,6 +120,26 @@ def _classifier_scores(protocol: str, ev: dict, tr_f, tr_y, te_f, n_classes: int
         "linprobe_weight_decay": wd}
 
 
+def finetune_config(ev: dict, seed: int):
+    """The :class:`~geofm.eval.finetune.FinetuneConfig` of an ``evaluate`` config section."""
+    from geofm.eval.finetune import FinetuneConfig
+
+    d = FinetuneConfig()
+    warm = ev.get("finetune_warmup_epochs")
+    return FinetuneConfig(
+        epochs=int(ev.get("finetune_epochs", d.epochs)),
+        batch_size=int(ev.get("finetune_batch_size", ev.get("batch_size", d.batch_size))),
+        base_lr=float(ev.get("finetune_lr", d.base_lr)),
+        weight_decay=float(ev.get("finetune_weight_decay", d.weight_decay)),
+        layer_decay=float(ev.get("layer_decay", d.layer_decay)), drop_path=float(ev.get("drop_path", d.drop_path)),
+        label_smoothing=float(ev.get("label_smoothing", d.label_smoothing)), mixup=float(ev.get("mixup", d.mixup)),
+        warmup_epochs=None if warm is None else float(warm), augment=bool(ev.get("finetune_augment", d.augment)),
+        crop_scale=tuple(float(v) for v in ev.get("finetune_crop_scale", d.crop_scale)),
+        pool=str(ev.get("pool", d.pool)), head_norm=str(ev.get("finetune_head_norm", d.head_norm)),
+        strategy=str(ev.get("finetune_strategy", d.strategy)), precision=str(ev.get("finetune_precision", d.precision)),
+        seed=seed)
+
+
 def _check_splits(train: Split, test: Split, tiles_dir: Path, in_chans: int, enc_path: Path) -> None:
     if len(train.labels) == 0:
         raise EvalError(f"dataset {tiles_dir} has no tiles in split 'train'")
@@ -134,6 +166,26 @@ def run_evaluate(cfg: dict, protocol: str, model: str, dataset: str, encoder_pat
         raise FileNotFoundError(f"encoder checkpoint {encoder_path} does not exist (run pretraining for "
                                 f"model {model!r} first)")
     ev = dict(cfg.get("evaluate") or {})
+    pool = str(ev.get("pool", "mean"))
+    if pool not in ("mean", "cls"):
+        raise EvalError(f"evaluate.pool must be 'mean' or 'cls', got {pool!r}")
+    device = ev.get("device") or cfg.get("device") or "auto"
+    import torch.distributed as dist
+
+    from geofm.distributed import launch
+
+    started_pg = False
+    if launch.detect().world_size > 1 and not dist.is_initialized():
+        _, dev = launch.init(device)
+        device, started_pg = dev, True
+    try:
+        return _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, pool, device)
+    finally:
+        if started_pg:
+            launch.shutdown()
+
+
+def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, pool, device) -> dict:
     seed = int(cfg.get("seed", 0))
     results = Path(cfg.get("results", "results"))
     tiles_dir = results / "tiles" / dataset
@@ -151,46 +203,69 @@ def run_evaluate(cfg: dict, protocol: str, model: str, dataset: str, encoder_pat
     classes = train.classes
     n_classes = len(classes)
     bs = int(ev.get("batch_size", 256))
-    device = ev.get("device") or cfg.get("device") or "auto"
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     use_cache = bool(ev.get("feature_cache", True))
     cache_dir = results / "eval" / "features"
     st = encoder_path.stat()
     stats_file = tiles_dir / "stats.json"
-    tiles_id = {"image_size": image_size,
+    tiles_id = {"image_size": image_size, "pool": pool,
                 "tiles_mtime_ns": stats_file.stat().st_mtime_ns if stats_file.exists() else None}
     fingerprints = {  # cached features are reused only for the same encoder file and the same tiles
         "pretrained": (step, {**tiles_id, "encoder_bytes": st.st_size, "encoder_mtime_ns": st.st_mtime_ns}),
         "random_init": (f"init-seed{seed}", tiles_id),
     }
 
+    from geofm.eval.features import _world, shard_encoder
+
+    rank, world = _world()
+    shard = bool(ev.get("shard_encoder", False)) and world > 1
     record: dict = {"protocol": protocol, "model": model, "dataset": dataset}
     confusion = None
     for which in ("pretrained", "random_init"):
         t0 = time.perf_counter()
         enc = encoder if which == "pretrained" else build_encoder(model, image_size, in_chans, seed=seed)
-        fstep, extra = fingerprints[which]
-        feats = {}
-        for name, sp in (("train", train), ("test", test)):
-            key = cache_key(model, fstep, dataset, name, **extra)
-            feats[name] = extract_features(
-                enc, sp.images, train.mean, train.std, image_size, bs, device=device,
-                cache_path=cache_file(cache_dir, key) if use_cache else None, cache_key=key)
+        extra_rec: dict = {}
+        if protocol == "finetune":
+            from geofm.eval.finetune import finetune
+
+            fcfg = finetune_config(ev, seed)
+            clf, history = finetune(enc, train.images, train.labels, n_classes, train.mean, train.std, image_size,
+                                    fcfg, device=device)
+            # logits of the test split, through the same (rank-split) path as the features
+            scores = extract_features(clf, test.images, train.mean, train.std, image_size, bs,
+                                      device=device).numpy()
+            used = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(fcfg).items()}
+            extra_rec = {"train_history": history[-1:] if history else [],
+                         "feature_dim": int(getattr(enc, "width", 0))}
+            del clf
+        else:
+            fstep, extra = fingerprints[which]
+            runner = shard_encoder(enc, device, pool) if shard else enc
+            feats = {}
+            for name, sp in (("train", train), ("test", test)):
+                key = cache_key(model, fstep, dataset, name, **extra)
+                feats[name] = extract_features(
+                    runner, sp.images, train.mean, train.std, image_size, bs, device=device,
+                    cache_path=cache_file(cache_dir, key) if use_cache else None, cache_key=key,
+                    pool="mean" if shard else pool)
+            del runner
+            scores, used = _classifier_scores(protocol, ev, feats["train"], torch.as_tensor(train.labels),
+                                              feats["test"], n_classes, seed)
+            extra_rec = {"feature_dim": int(feats["train"].shape[1])}
         del enc
-        scores, used = _classifier_scores(protocol, ev, feats["train"], torch.as_tensor(train.labels),
-                                          feats["test"], n_classes, seed)
         summary = summarize(scores, test.labels, classes)
         cm = summary.pop("confusion")
         if which == "pretrained":
             confusion = cm
         record[which] = {**summary, "n_train": int(len(train.labels)), "n_test": int(len(test.labels)),
-                         "feature_dim": int(feats["train"].shape[1]),
-                         "seconds": round(time.perf_counter() - t0, 3)}
+                         **extra_rec, "seconds": round(time.perf_counter() - t0, 3)}
     record["checkpoint_step"] = step
     record["config"] = ev
     record["settings"] = {"image_size": image_size, "in_chans": in_chans, "seed": seed, "device": str(device),
-                          "classes": classes, **used}
+                          "pool": pool, "world_size": world, "classes": classes, **used}
+    if rank != 0:  # rank 0 writes; the others return the same record
+        return record
 
     from geofm.plots.confusion import write_confusion
     from geofm.plots.io import write_json

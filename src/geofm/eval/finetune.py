@@ -1,0 +1,260 @@
+"""End-to-end fine-tuning of an encoder for scene classification (the MAE / BEiT recipe, scaled down).
+
+The model is :class:`Classifier`: the encoder (optionally with stochastic depth), pooled patch tokens
+(``pool="mean"``) or the cls token (``pool="cls"``), a norm (``LayerNorm``, or ``BatchNorm1d`` without
+affine as in the linear probe) and a ``Linear`` head (``trunc_normal(std=2e-5)``, zero bias, as MAE).
+
+Training (:func:`finetune`): AdamW (betas 0.9/0.999) with **layer-wise learning-rate decay** — parameter
+group of layer ``l`` (0 = patch embedding / cls token, ``i+1`` = block ``i``, ``depth+1`` = final norm and
+head) gets ``lr · layer_decay^(depth+1-l)`` — no weight decay on biases, norms and tokens; linear warm-up
+then a half-cosine per iteration; absolute lr = ``base_lr · global_batch / 256``; cross-entropy on soft
+targets with label smoothing and optional mixup (``lam ~ Beta(a, a)``, the partner is the batch rolled
+by one within the rank's slice); MAE's augmentation: a batched random-resized-crop + horizontal flip.
+
+Distribution: under ``torch.distributed`` with more than one rank the model is sharded with FSDP2 through
+:func:`geofm.distributed.parallelize.parallelize` (blocks, then the root — ``Classifier`` has
+``.encoder.blocks`` as the engine expects). The batch of step ``s`` is a slice of a seeded per-epoch
+permutation, its crop boxes and flips are drawn for the whole global batch, and rank ``r`` of ``W`` takes
+rows ``r::W``; the mean loss over the local rows, averaged across ranks by FSDP's gradient reduction,
+equals the 1-rank loss over the global batch. So without mixup, drop path and BatchNorm (whose randomness
+or statistics are per rank), W ranks follow the 1-rank run up to float reduction order.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from geofm.eval.linprobe import lr_at
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int = 50
+    batch_size: int = 64  # global
+    base_lr: float = 5e-4  # MAE's blr; absolute lr = base_lr * batch / 256
+    weight_decay: float = 0.05
+    layer_decay: float = 0.75
+    drop_path: float = 0.1
+    label_smoothing: float = 0.1
+    mixup: float = 0.0  # Beta(a, a) parameter; 0 = off
+    warmup_epochs: float | None = None  # default: 10 % of the epochs
+    min_lr: float = 1e-6
+    augment: bool = True
+    crop_scale: tuple = (0.2, 1.0)
+    pool: str = "mean"
+    head_norm: str = "layernorm"  # layernorm | batchnorm
+    strategy: str = "FULL_SHARD"  # used when world size > 1
+    precision: str = "fp32"  # fp32 | bf16 (FSDP2 mixed precision when sharded, autocast otherwise)
+    seed: int = 0
+
+
+class Classifier(nn.Module):
+    """``encoder`` → pooled features → norm → ``Linear``; ``forward(x)`` returns logits."""
+
+    def __init__(self, encoder: nn.Module, n_classes: int, pool: str = "mean", head_norm: str = "layernorm"):
+        super().__init__()
+        if pool not in ("mean", "cls"):
+            raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
+        if head_norm not in ("layernorm", "batchnorm"):
+            raise ValueError(f"head_norm must be 'layernorm' or 'batchnorm', got {head_norm!r}")
+        self.encoder, self.pool = encoder, pool
+        dim = int(encoder.width)
+        self.fc_norm = (nn.LayerNorm(dim, eps=1e-6) if head_norm == "layernorm"
+                        else nn.BatchNorm1d(dim, affine=False, eps=1e-6))
+        self.head = nn.Linear(dim, n_classes)
+        with torch.no_grad():
+            if isinstance(self.fc_norm, nn.LayerNorm):
+                self.fc_norm.weight.fill_(1.0)
+                self.fc_norm.bias.zero_()
+            g = torch.Generator().manual_seed(1234)
+            self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=g).clamp_(-2, 2) * 2e-5)
+            self.head.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.fc_norm(self.encoder.forward_features(x, pool=self.pool)))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits, under the name :func:`geofm.eval.features.extract_features` calls (goes through
+        ``forward`` so that FSDP2's root hooks run)."""
+        return self(x)
+
+
+def with_drop_path(encoder: nn.Module, drop_path: float) -> nn.Module:
+    """A copy of a ``ViTEncoder`` with stochastic depth ``drop_path`` (linearly increasing per block)."""
+    if drop_path <= 0:
+        return encoder
+    from geofm.models.mae import ViTEncoder, sincos_pos_embed
+
+    if not isinstance(encoder, ViTEncoder):
+        raise TypeError(f"drop_path needs a geofm ViTEncoder, got {type(encoder).__name__}")
+    new = ViTEncoder(encoder.spec, encoder.img_size, encoder.in_chans, drop_path=drop_path)
+    new.load_state_dict(encoder.state_dict())
+    with torch.no_grad():
+        new.pos_embed.copy_(sincos_pos_embed(encoder.spec.width, encoder.grid))
+    return new
+
+
+def layer_id(name: str, depth: int) -> int:
+    """MAE/BEiT layer index of a parameter of :class:`Classifier` (names with or without ``encoder.``)."""
+    n = name[len("encoder."):] if name.startswith("encoder.") else name
+    if n in ("cls_token", "pos_embed") or n.startswith("patch_embed"):
+        return 0
+    if n.startswith("blocks."):
+        return int(n.split(".")[1]) + 1
+    return depth + 1
+
+
+def param_groups_lrd(model: nn.Module, weight_decay: float, layer_decay: float, depth: int) -> list[dict]:
+    """Parameter groups with ``lr_scale = layer_decay^(depth+1-layer)`` and weight decay only on matrices."""
+    groups: dict[tuple, dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_wd = p.ndim < 2 or "token" in name
+        lid = layer_id(name, depth)
+        key = (lid, no_wd)
+        if key not in groups:
+            groups[key] = {"params": [], "names": [], "weight_decay": 0.0 if no_wd else weight_decay,
+                           "lr_scale": layer_decay ** (depth + 1 - lid), "layer": lid}
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
+def _gen(*keys) -> torch.Generator:
+    h = hashlib.sha256(repr(tuple(int(k) for k in keys)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
+
+
+def augment_global(x: torch.Tensor, n_global: int, rows: slice, image_size: int, gen: torch.Generator,
+                   scale=(0.2, 1.0)) -> torch.Tensor:
+    """MAE's random-resized-crop + flip for rows ``rows`` of a global batch of ``n_global``: the crop boxes
+    and flips are drawn from ``gen`` for the whole global batch exactly as
+    :func:`geofm.data.loader.mae_augment` draws them, then sliced; ``x`` holds only those rows. Float
+    output in the input's value range (what ``mae_augment`` returns for the same rows)."""
+    try:  # the shared augmentation module (integer crop + antialiased resize)
+        from geofm.data.augment import resized_crop, sample_augment
+    except ImportError:  # older tree: roi_align based
+        return _augment_roi(x, n_global, rows, image_size, gen, scale)
+    boxes, flips = sample_augment(n_global, x.shape[-2], x.shape[-1], gen, scale=tuple(scale))
+    return resized_crop(x, boxes[rows], image_size, flips[rows]).float()
+
+
+def _augment_roi(x, n_global, rows, image_size, gen, scale):
+    from torchvision.ops import roi_align
+
+    from geofm.data.loader import sample_crop_boxes
+
+    _, _, h, w = x.shape
+    boxes = sample_crop_boxes(n_global, h, w, gen, scale=tuple(scale))
+    flip = torch.rand(n_global, generator=gen) < 0.5
+    boxes, flip = boxes[rows], flip[rows]
+    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    x0 = torch.where(flip, w - boxes[:, 2], boxes[:, 0])
+    x1 = torch.where(flip, w - boxes[:, 0], boxes[:, 2])
+    boxes = torch.stack([x0, boxes[:, 1], x1, boxes[:, 3]], dim=1)
+    rois = torch.cat([torch.arange(x.shape[0], dtype=torch.float32)[:, None], boxes.float()], dim=1)
+    return roi_align(x.float(), rois, output_size=(image_size, image_size), spatial_scale=1.0, sampling_ratio=-1,
+                     aligned=True)
+
+
+def soft_targets(labels: torch.Tensor, n_classes: int, smoothing: float) -> torch.Tensor:
+    off = smoothing / n_classes
+    t = torch.full((labels.shape[0], n_classes), off)
+    t.scatter_(1, labels.view(-1, 1), 1.0 - smoothing + off)
+    return t
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def finetune(encoder: nn.Module, images_uint8: torch.Tensor, labels, n_classes: int, mean: Sequence[float],
+             std: Sequence[float], image_size: int, cfg: FinetuneConfig, *,
+             device: str | torch.device = "cpu", log=None) -> tuple[nn.Module, list[dict]]:
+    """Fine-tune ``encoder`` (modified: it becomes part of the returned model) with a new head on the
+    uint8 ``images`` / int ``labels``; returns ``(model in eval mode, per-epoch log)``. ``model(x)`` gives
+    logits of normalised float images; under >1 rank it is an FSDP2 module (a collective)."""
+    from geofm.distributed.parallelize import parallelize, parse_strategy
+
+    device = torch.device(device)
+    rank, world = _world()
+    images = torch.as_tensor(images_uint8)
+    labels = torch.as_tensor(labels).long()
+    n = images.shape[0]
+    if n == 0:
+        raise ValueError("fine-tuning needs at least one training image")
+    bs = min(int(cfg.batch_size), n)
+    bs -= bs % world
+    if bs < world:
+        raise ValueError(f"fine-tuning batch {cfg.batch_size} (capped at {n} images) is smaller than the "
+                         f"world size {world}")
+    steps_per_epoch = n // bs
+    total = steps_per_epoch * int(cfg.epochs)
+    warm_epochs = 0.1 * cfg.epochs if cfg.warmup_epochs is None else float(cfg.warmup_epochs)
+    warm = int(round(warm_epochs * steps_per_epoch))
+    peak = float(cfg.base_lr) * bs / 256
+    depth = len(encoder.blocks)
+
+    torch.manual_seed(cfg.seed + rank)  # drop path / mixup draws: per rank
+    model = Classifier(with_drop_path(encoder, cfg.drop_path), n_classes, cfg.pool, cfg.head_norm).to(device)
+    sharded = world > 1
+    if sharded:
+        parallelize(model, parse_strategy(cfg.strategy), world, device, cfg.precision)
+    autocast = cfg.precision == "bf16" and not sharded
+    groups = param_groups_lrd(model, cfg.weight_decay, cfg.layer_decay, depth)
+    opt = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups], lr=peak,
+                            betas=(0.9, 0.999))
+    m = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1) * 255
+    s = torch.tensor(list(std), dtype=torch.float32).clamp_min(1e-6).view(1, -1, 1, 1) * 255
+    rows = slice(rank, None, world)
+    history: list[dict] = []
+    it = 0
+    model.train()
+    for epoch in range(int(cfg.epochs)):
+        perm = torch.randperm(n, generator=_gen(cfg.seed, 1, epoch))
+        ep_loss, ep_correct, ep_seen = 0.0, 0, 0
+        for b in range(steps_per_epoch):
+            lr = lr_at(it, total, warm, peak, cfg.min_lr)
+            for g in opt.param_groups:
+                g["lr"] = lr * g["lr_scale"]
+            idx = perm[b * bs:(b + 1) * bs][rows]
+            x, y = images[idx], labels[idx]
+            if cfg.augment:
+                x = augment_global(x, bs, rows, image_size, _gen(cfg.seed, 2, epoch, b), cfg.crop_scale)
+            else:
+                x = x.float()
+                if x.shape[-1] != image_size:
+                    x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+            x = ((x - m) / s).to(device)
+            target = soft_targets(y, n_classes, cfg.label_smoothing)
+            if cfg.mixup > 0:
+                lam = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())
+                x = lam * x + (1 - lam) * x.roll(1, 0)
+                target = lam * target + (1 - lam) * target.roll(1, 0)
+            target = target.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = model(x)
+            loss = torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            it += 1
+            ep_loss += float(loss.detach()) * len(y)
+            ep_correct += int((logits.detach().argmax(1).cpu() == y).sum())
+            ep_seen += len(y)
+        rec = {"epoch": epoch + 1, "loss": ep_loss / max(ep_seen, 1), "train_top1": ep_correct / max(ep_seen, 1),
+               "lr": lr}
+        history.append(rec)
+        if log is not None:
+            log(rec)
+    model.eval()
+    return model, history

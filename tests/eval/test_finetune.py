@@ -1,0 +1,101 @@
+"""The fine-tuning protocol: layer-wise lr decay, targets, augmentation, the evaluate stage end to end."""
+import json
+
+import pytest
+import torch
+
+from geofm.eval import stages
+from geofm.eval.finetune import (Classifier, FinetuneConfig, augment_global, finetune, layer_id,
+                                 param_groups_lrd, soft_targets, with_drop_path)
+from geofm.models import build_encoder
+
+from test_eval_stages import CLASSES, write_tiles  # noqa: E402 (rootdir-relative, pytest puts tests/eval on sys.path)
+
+
+def test_layer_ids_and_lr_scales():
+    enc = build_encoder("test_micro", 16, 3)  # depth 2
+    model = Classifier(enc, 4)
+    assert layer_id("encoder.cls_token", 2) == 0
+    assert layer_id("encoder.patch_embed.proj.weight", 2) == 0
+    assert layer_id("encoder.blocks.1.attn.qkv.weight", 2) == 2
+    assert layer_id("encoder.norm.weight", 2) == 3 and layer_id("head.weight", 2) == 3
+    groups = param_groups_lrd(model, 0.05, 0.5, 2)
+    by_name = {n: g for g in groups for n in g["names"]}
+    assert by_name["head.weight"]["lr_scale"] == 1.0 and by_name["head.weight"]["weight_decay"] == 0.05
+    assert by_name["head.bias"]["weight_decay"] == 0.0
+    assert by_name["encoder.blocks.1.mlp.fc1.weight"]["lr_scale"] == 0.5
+    assert by_name["encoder.blocks.0.mlp.fc1.weight"]["lr_scale"] == 0.25
+    assert by_name["encoder.patch_embed.proj.weight"]["lr_scale"] == 0.125
+    assert by_name["encoder.cls_token"]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_soft_targets_label_smoothing():
+    t = soft_targets(torch.tensor([0, 2]), 4, 0.2)
+    torch.testing.assert_close(t[0], torch.tensor([0.85, 0.05, 0.05, 0.05]))
+    torch.testing.assert_close(t.sum(1), torch.ones(2))
+
+
+def test_augment_slices_equal_whole_batch():
+    from geofm.data.loader import mae_augment
+
+    x = torch.randint(0, 255, (6, 3, 20, 20), dtype=torch.uint8)
+    whole = mae_augment(x, 8, torch.Generator().manual_seed(4))
+    parts = [augment_global(x[r::2], 6, slice(r, None, 2), 8, torch.Generator().manual_seed(4)) for r in (0, 1)]
+    torch.testing.assert_close(parts[0], whole[0::2])
+    torch.testing.assert_close(parts[1], whole[1::2])
+
+
+def test_drop_path_copy_keeps_weights():
+    enc = build_encoder("test_micro", 16, 3, seed=2)
+    dp = with_drop_path(enc, 0.2)
+    assert dp.blocks[1].drop_path1.drop_prob == pytest.approx(0.2)
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(dp.eval().forward_features(x), enc.eval().forward_features(x))
+
+
+def test_finetune_learns_with_mixup_and_drop_path():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(36) % 3
+    x = torch.randint(0, 100, (36, 3, 16, 16), generator=g, dtype=torch.uint8)
+    x[torch.arange(36), y] += 150
+    cfg = FinetuneConfig(epochs=15, batch_size=12, base_lr=2e-2, drop_path=0.1, mixup=0.2, seed=0)
+    model, hist = finetune(build_encoder("test_micro", 16, 3), x, y, 3, [0.4] * 3, [0.25] * 3, 16, cfg)
+    assert len(hist) == 15 and hist[-1]["loss"] < hist[0]["loss"]
+    assert not model.training
+    xf = (x.float() / 255 - 0.4) / 0.25
+    with torch.no_grad():
+        assert (model(xf).argmax(1) == y).float().mean() > 0.9
+
+
+def test_run_evaluate_finetune(tmp_path):
+    write_tiles(tmp_path)
+    enc = build_encoder("test_micro", 16, 3, seed=1)
+    path = tmp_path / "pretrain" / "test_micro" / "encoder.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"meta": {"model": "test_micro", "step": 9, "image_size": 16, "in_chans": 3},
+                "state_dict": enc.state_dict()}, path)
+    ev = {"batch_size": 8, "device": "cpu", "finetune_epochs": 8, "finetune_lr": 0.05, "layer_decay": 0.8,
+          "drop_path": 0.05, "label_smoothing": 0.1, "mixup": 0.0, "pool": "cls"}
+    cfg = {"results": str(tmp_path), "seed": 0, "image_size": 16, "evaluate": ev}
+    out = tmp_path / "eval" / "finetune" / "test_micro" / "fix.json"
+    rec = stages.run_evaluate(cfg, "finetune", "test_micro", "fix", path, out)
+    on_disk = json.loads(out.read_text())
+    assert on_disk["protocol"] == "finetune" and on_disk["checkpoint_step"] == 9
+    assert on_disk["config"] == ev
+    s = on_disk["settings"]
+    assert s["layer_decay"] == 0.8 and s["pool"] == "cls" and s["epochs"] == 8
+    for which in ("pretrained", "random_init"):
+        r = rec[which]
+        assert set(r["per_class"]) == set(CLASSES) and r["top5"] == 1.0
+        assert (r["n_train"], r["n_test"]) == (24, 12)
+    assert rec["pretrained"]["top1"] > 0.5  # bright-band classes: easy
+    assert out.with_name("fix.confusion.csv").exists() and out.with_name("fix.confusion.png").exists()
+
+
+def test_pool_in_cache_key_and_file(tmp_path, monkeypatch):
+    from geofm.eval.features import cache_file, cache_key
+
+    k = cache_key("m", 1, "d", "train", pool="cls")
+    assert k["pool"] == "cls" and cache_file(tmp_path, k).name == "d.train.cls.pt"
+    assert cache_file(tmp_path, cache_key("m", 1, "d", "train", pool="mean")).name == "d.train.pt"
