@@ -112,3 +112,10 @@ def test_expand_nodelist():
     assert expand_nodelist("frontier[00001-00003,00007],login1") == [
         "frontier00001", "frontier00002", "frontier00003", "frontier00007", "login1"]
     assert expand_nodelist("n1") == ["n1"]
+
+
+def test_test_module_names_are_unique():
+    """pytest's default import mode needs unique test-module basenames across the test folders."""
+    names = [p.name for p in (ROOT / "tests").rglob("*.py") if p.name != "__init__.py" and p.name != "conftest.py"]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    assert not dupes, f"test modules with the same file name in two folders: {dupes}"
