@@ -8,7 +8,12 @@ from geofm.config import schema_path
 min_version("9.0")
 
 
-configfile: "config/demo.yaml"
+# The embedded demo is the default; a config file given on the command line or by a profile replaces it
+# (instead of being merged over it, so that no demo dataset or variant leaks into another study).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/demo.yaml"
+
 
 
 # workflow/schemas/config.schema.yaml links to this file, which ships inside the geofm package
