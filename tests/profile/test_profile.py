@@ -212,3 +212,27 @@ def test_dry_run_lists_variant_jobs(tmp_path):
                 * len(v.get("nodes", demo["nodes"])) for v in demo["variants"].values())
     counts = dict(ln.split()[:2] for ln in text.splitlines() if ln.split()[:1] == ["profile"])
     assert counts == {"profile": str(n_base + n_var)}
+
+
+def test_energy_counter_reads_nvml(monkeypatch):
+    """With an NVML stand-in, the energy counter is read in joules; on the CPU it is None."""
+    import sys
+    import types
+
+    import torch
+
+    from geofm.profile import throughput
+
+    calls = {}
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetHandleByPciBusId=lambda bus: calls.setdefault("bus", bus),
+        nvmlDeviceGetHandleByIndex=lambda i: calls.setdefault("index", i),
+        nvmlDeviceGetTotalEnergyConsumption=lambda h: 123_456,  # mJ
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(pci_bus_id="0000:3b:00.0"))
+    assert throughput._energy_j(torch.device("cuda", 1)) == pytest.approx(123.456)
+    assert calls == {"bus": "0000:3b:00.0"}
+    assert throughput._energy_j(torch.device("cpu")) is None

@@ -73,15 +73,37 @@ def _all_reduce(t: torch.Tensor, op, device: torch.device) -> torch.Tensor:
 
 
 def _energy_j(device: torch.device) -> float | None:
-    """Cumulative board energy in joules where the platform exposes it (NVML); None elsewhere."""
-    if device.type != "cuda" or torch.version.hip:
+    """Cumulative energy of this rank's device in joules where the platform exposes it; None elsewhere.
+
+    NVIDIA: NVML's total-energy counter (nvidia-ml-py), the device found by PCI bus id so that
+    CUDA_VISIBLE_DEVICES remapping does not pick another board. AMD: amdsmi's energy accumulator
+    (the ``amdsmi`` module that ships with ROCm). On an MI250X the counter covers the whole OAM
+    package (two GCDs), so the per-image figure of one GCD's rank counts its neighbour too.
+    """
+    if device.type != "cuda":
         return None
+    idx = device.index or 0
+    if torch.version.hip:
+        try:
+            import amdsmi  # type: ignore
+
+            amdsmi.amdsmi_init()
+            handles = amdsmi.amdsmi_get_processor_handles()
+            e = amdsmi.amdsmi_get_energy_count(handles[idx])
+            acc = e.get("energy_accumulator", e.get("power"))
+            return float(acc) * float(e.get("counter_resolution", 1.0)) / 1e6
+        except Exception:  # noqa: BLE001 - energy is optional
+            return None
     try:
         import pynvml  # type: ignore
 
         pynvml.nvmlInit()
-        h = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
-        return pynvml.nvmlDeviceGetTotalEnergyConsumption(h) / 1000.0
+        bus = getattr(torch.cuda.get_device_properties(device), "pci_bus_id", None)
+        try:
+            h = pynvml.nvmlDeviceGetHandleByPciBusId(bus) if bus else pynvml.nvmlDeviceGetHandleByIndex(idx)
+        except Exception:  # noqa: BLE001
+            h = pynvml.nvmlDeviceGetHandleByIndex(idx)
+        return pynvml.nvmlDeviceGetTotalEnergyConsumption(h) / 1000.0  # mJ -> J
     except Exception:  # noqa: BLE001 - energy is optional
         return None
 
