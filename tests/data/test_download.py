@@ -107,6 +107,19 @@ def test_wrong_sha256_is_rejected_and_set_aside(http_server, tmp_path):
     assert not (raw / "blob.bin").exists() and not (raw / "download.json").exists()
 
 
+def test_md5_checked_when_that_is_all_a_dataset_publishes(http_server, tmp_path):
+    import hashlib
+
+    http_server.files["/blob.bin"] = BLOB
+    good = hashlib.md5(BLOB).hexdigest()
+    fetch_dataset("x", {"source": "url", "url": http_server.base + "/blob.bin", "md5": good, **FAST}, tmp_path / "ok")
+    assert (tmp_path / "ok" / "download.json").exists()
+    with pytest.raises(DataError, match=f"md5 mismatch for blob.bin: expected {'f' * 32}, got {good}"):
+        fetch_dataset("x", {"source": "url", "url": http_server.base + "/blob.bin", "md5": "f" * 32, **FAST},
+                      tmp_path / "bad")
+    assert (tmp_path / "bad" / "blob.bin.rejected").exists()
+
+
 def test_404_is_a_clear_error_without_retries(http_server, tmp_path):
     url = http_server.base + "/missing/file.zip"
     with pytest.raises(DataError, match="404") as ei:

@@ -37,8 +37,8 @@ CHUNK = 1 << 20
 USER_AGENT = "geofm-scale/0.1 (+urllib)"
 
 
-def sha256_file(path, chunk: int = CHUNK) -> str:
-    h = hashlib.sha256()
+def sha256_file(path, chunk: int = CHUNK, algo: str = "sha256") -> str:
+    h = hashlib.new(algo)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
@@ -55,15 +55,21 @@ def _atomic_write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _verify_sha256(path: Path, expected: str | None) -> None:
+def _verify_sha256(path: Path, expected: str | None, algo: str = "sha256") -> None:
     if not expected:
         return
-    actual = sha256_file(path)
+    actual = sha256_file(path, algo=algo)
     if actual.lower() != str(expected).strip().lower():
         rejected = path.with_name(path.name + ".rejected")
         os.replace(path, rejected)
-        raise DataError(f"sha256 mismatch for {path.name}: expected {expected}, got {actual} "
+        raise DataError(f"{algo} mismatch for {path.name}: expected {expected}, got {actual} "
                         f"(file moved aside to {rejected})")
+
+
+def _verify_checksums(path: Path, ds_cfg: dict) -> None:
+    """``sha256:`` and/or ``md5:`` (the only checksum some datasets publish) from the config."""
+    _verify_sha256(path, ds_cfg.get("sha256"))
+    _verify_sha256(path, ds_cfg.get("md5"), algo="md5")
 
 
 def _copy_local(src: Path, raw_dir: Path) -> list[Path]:
@@ -177,7 +183,7 @@ def _fetch_url(ds_cfg: dict, raw_dir: Path) -> tuple[list[Path], str]:
         raise DataError("source 'url' needs a 'url:' (or 'mirror:' / 'path:')")
     dst = raw_dir / _filename_for(url or mirror, ds_cfg)
     expected = ds_cfg.get("sha256")
-    if dst.exists() and expected and sha256_file(dst) == str(expected).lower():
+    if dst.exists() and expected and sha256_file(dst) == str(expected).strip().lower():
         return [dst], url or mirror  # already complete and verified
     retries = int(ds_cfg.get("retries", 5))
     backoff = float(ds_cfg.get("backoff_s", 1.0))
@@ -227,11 +233,11 @@ def fetch_dataset(name: str, ds_cfg: dict, raw_dir) -> Path:
         if source == "url":
             record["url"] = ds_cfg.get("url")
         if src.is_file():
-            _verify_sha256(files[0], ds_cfg.get("sha256"))
+            _verify_checksums(files[0], ds_cfg)
     elif source == "url":
         files, used = _fetch_url(ds_cfg, raw_dir)
         record["url"] = used
-        _verify_sha256(files[0], ds_cfg.get("sha256"))
+        _verify_checksums(files[0], ds_cfg)
     else:
         raise DataError(f"dataset {name!r}: unknown source {source!r} (synthetic, local, url, derived)")
 
