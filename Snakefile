@@ -1,9 +1,11 @@
 # GeoFM-Scale: the whole study as one DAG.
 #   snakemake --profile profiles/local                      # the embedded demo (config/demo.yaml)
 #   snakemake --profile profiles/frontier --configfile config/config.yaml
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-from geofm.config import schema_path
+from geofm.config import ConfigError, schema_path
+from geofm.config import validate as cross_check
 
 min_version("9.0")
 
@@ -18,6 +20,11 @@ if not workflow.overwrite_configfiles:
 
 # workflow/schemas/config.schema.yaml links to this file, which ships inside the geofm package
 validate(config, str(schema_path()))
+# cross-references the schema cannot express (datasets named by other keys, patch sizes, variant cells)
+try:
+    cross_check(config, "config")
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
 
 
 include: "workflow/rules/common.smk"

@@ -68,6 +68,13 @@ def validate(cfg: dict, source: str = "config") -> dict:
             raise ConfigError(f"{source}: datasets.{name}.url is required when source is 'url'")
         if d["source"] == "local" and not d.get("path"):
             raise ConfigError(f"{source}: datasets.{name}.path is required when source is 'local'")
+    prof = cfg["profile"]
+    for vname, v in (prof.get("variants") or {}).items():
+        for key in ("models", "strategies", "nodes"):
+            extra = [x for x in v.get(key, []) if x not in prof.get(key, [])]
+            if extra:
+                raise ConfigError(f"{source}: profile.variants.{vname}.{key} lists {extra}, which are not in "
+                                  f"profile.{key} (a variant runs on part of the profile grid)")
     from .models.registry import get_spec
 
     for m in dict.fromkeys([*cfg["models"], *cfg["profile"].get("models", [])]):  # in config order

@@ -119,3 +119,9 @@ def test_test_module_names_are_unique():
     names = [p.name for p in (ROOT / "tests").rglob("*.py") if p.name != "__init__.py" and p.name != "conftest.py"]
     dupes = sorted({n for n in names if names.count(n) > 1})
     assert not dupes, f"test modules with the same file name in two folders: {dupes}"
+
+
+def test_profile_variant_cells_must_be_in_the_grid(demo):
+    demo["profile"]["variants"] = {"ac": {"activation_checkpointing": 1, "models": ["demo_base", "vit_3b"]}}
+    with pytest.raises(ConfigError, match=r"profile.variants.ac.models lists \['vit_3b'\]"):
+        validate(demo)

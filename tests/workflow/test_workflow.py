@@ -103,6 +103,13 @@ def test_invalid_config_fails_before_any_job(tmp_path):
     assert res.returncode != 0
     assert "HALF_SHARD" in res.stdout + res.stderr
     assert not (proj / "results").exists() and not (proj / "resources").exists()
+    # a cross-reference the schema cannot see also stops the workflow before any job, naming the key
+    cfg["pretrain"]["strategy"] = "NO_SHARD"
+    cfg["eval_datasets"] = ["nope"]
+    (proj / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    res = snakemake(proj, "--configfile", "bad.yaml", check=False)
+    assert res.returncode != 0 and "eval_datasets entry 'nope'" in res.stdout + res.stderr
+    assert not (proj / "results").exists()
 
 
 def test_paper_study_dry_run_lists_every_job(tmp_path):

@@ -121,13 +121,12 @@ def profile_setting(wc, key, default=None):
 
 
 def profile_outputs():
-    """Every profile cell: the base grid, then each variant over its part of the grid. A variant's
-    models/strategies/nodes are intersected with the grid's: Snakemake merges --configfile over
-    config/demo.yaml, so the demo's variants (all on demo_base) reach other configs and must add nothing."""
+    """Every profile cell: the base grid, then each variant over its part of the grid (its models,
+    strategies and nodes are a subset of the grid's; geofm.config checks that before any job)."""
     out = expand(f"{RES}/profile/{{model}}/{{strategy}}/{{nodes}}n.json",
                  model=PROF["models"], strategy=PROF["strategies"], nodes=PROF["nodes"])
     for name, v in VARIANTS.items():
-        cells = {k: [x for x in v.get(k, PROF[k]) if x in PROF[k]] for k in ("models", "strategies", "nodes")}
+        cells = {k: v.get(k, PROF[k]) for k in ("models", "strategies", "nodes")}
         out += expand(f"{RES}/profile/{{model}}/{{strategy}}/{{nodes}}n.{name}.json",
                       model=cells["models"], strategy=cells["strategies"], nodes=cells["nodes"])
     return out
