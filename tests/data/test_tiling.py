@@ -154,3 +154,28 @@ def test_unknown_format_and_missing_raw(tmp_path):
         tile_dataset("x", {"format": "nope", "tile_size": 8}, tmp_path, tmp_path / "o")
     with pytest.raises(DataError, match="does not exist"):
         tile_dataset("x", {"format": "geotiff_scenes", "tile_size": 8}, tmp_path / "missing", tmp_path / "o")
+
+
+def test_scene_without_a_valid_window_is_listed_in_rejected_csv(tmp_path):
+    import csv
+
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from geofm.data.tiling import tile_dataset
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    prof = {"driver": "GTiff", "width": 128, "height": 128, "count": 3, "dtype": "uint8", "nodata": 0,
+            "crs": "EPSG:32633", "transform": from_origin(500000, 4000000, 10, 10)}
+    rng = np.random.default_rng(0)
+    with rasterio.open(raw / "good.tif", "w", **prof) as dst:
+        dst.write(rng.integers(1, 255, (3, 128, 128), dtype=np.uint8))
+    with rasterio.open(raw / "empty.tif", "w", **prof) as dst:  # every pixel nodata
+        dst.write(np.zeros((3, 128, 128), dtype=np.uint8))
+    stats = tile_dataset("s", {"format": "geotiff_scenes", "tile_size": 32, "split_block": 64,
+                               "val_fraction": 0.0, "test_fraction": 0.0}, raw, tmp_path / "tiles")
+    assert stats["n_tiles"] == 16
+    rows = list(csv.DictReader(open(tmp_path / "tiles" / "rejected.csv")))
+    assert [r["file"] for r in rows] == ["empty.tif"] and "no 32px window" in rows[0]["reason"]

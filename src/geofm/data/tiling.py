@@ -30,7 +30,10 @@ Formats (``ds_cfg["format"]``):
     read with rasterio, scaled per band to uint8 (``scaling: fixed`` with ``scale_range`` [0, 10000], or
     ``scaling: percentile`` with ``percentiles`` [2, 98] of the train split), 13 bands or ``band_select``;
     the manifest keeps each image's CRS and footprint.
-``image_folder`` / ``millionaid_zip`` / ``aid_zip`` / ``resisc45_rar``
+``millionaid_zip``
+    MillionAID as published (``train.zip``/``test.zip`` or ``train/``/``test/``, leaves 2 or 3 folders deep,
+    a flat unlabelled test folder): :mod:`geofm.data.millionaid`.
+``image_folder`` / ``aid_zip`` / ``resisc45_rar``
     The same for any ``<class>/<image>`` tree (directory or archive; ``AID/`` and ``NWPU-RESISC45/`` roots are
     preferred when present).  ``.rar`` archives need an external ``bsdtar``, ``7z`` or ``unrar``.
 """
@@ -388,6 +391,11 @@ def _tile_geotiff_scenes(b: _Builder, fmt, ds_cfg, raw_dir: Path, parent_raw_dir
         except Exception as e:  # noqa: BLE001
             b.reject(sc.key, f"cannot read {sc.key}: {e}")
             scenes.remove(sc)
+            continue
+        if not kept[sc.key]:
+            b.reject(sc.key, f"{sc.key}: no {S}px window has a valid fraction >= min_valid_fraction={min_valid} "
+                             "(no valid pixels, or too few)")
+            scenes.remove(sc)
     all_blocks = []
     for sc in scenes:
         for r, c in kept[sc.key]:
@@ -442,6 +450,10 @@ def _tile_geotiff_scenes(b: _Builder, fmt, ds_cfg, raw_dir: Path, parent_raw_dir
                     s.close()
         except Exception as e:  # noqa: BLE001 - truncated / corrupt data
             b.reject(sc.key, f"cannot read {sc.key}: {e}")
+            continue
+        if not pending:
+            b.reject(sc.key, f"{sc.key}: no {S}px tile left (every valid window straddles blocks of two splits; "
+                             "a larger split_block keeps them)")
             continue
         crs = sc.crs.to_string()
         stem = sc.key.rsplit(".", 1)[0].replace("/", "_").replace("+", "_")
@@ -685,8 +697,9 @@ def _load_image(path: Path, S: int) -> tuple[np.ndarray, tuple[int, int]]:
     return np.ascontiguousarray(arr.transpose(2, 0, 1)), hw
 
 
-def _collect_class_items(b: _Builder, fmt, marker, ds_cfg, raw_dir: Path) -> list[tuple[str, Path, str]]:
-    """Extract the archives under ``raw_dir`` (zip, rar) and list ``(class_name, path, source)`` per image."""
+def _extract_archives(b: _Builder, ds_cfg, raw_dir: Path) -> list[tuple[str, Path]]:
+    """Extract the archives under ``raw_dir`` (zip, rar) into the scratch dir: ``(archive name, folder)`` each,
+    or ``[("", raw_dir)]`` when there is none."""
     archives = sorted(p for p in raw_dir.rglob("*") if p.is_file() and p.suffix.lower() in (".zip", ".rar"))
     roots = []
     for i, z in enumerate(archives):
@@ -696,8 +709,12 @@ def _collect_class_items(b: _Builder, fmt, marker, ds_cfg, raw_dir: Path) -> lis
         else:
             _extract_rar(z, dest)
         roots.append((z.name, dest))
-    if not archives:
-        roots.append(("", raw_dir))
+    return roots or [("", raw_dir)]
+
+
+def _collect_class_items(b: _Builder, fmt, marker, ds_cfg, raw_dir: Path) -> list[tuple[str, Path, str]]:
+    """Extract the archives under ``raw_dir`` (zip, rar) and list ``(class_name, path, source)`` per image."""
+    roots = _extract_archives(b, ds_cfg, raw_dir)
     items = []  # (class_name, path, source)
     found = [(zname, root, _find_class_root(root, marker, fallback=False)) for zname, root in roots]
     if not any(c for _, _, c in found):  # no archive has the canonical layout: accept any class folders
@@ -717,6 +734,10 @@ def _collect_class_items(b: _Builder, fmt, marker, ds_cfg, raw_dir: Path) -> lis
 def _tile_image_folders(b: _Builder, fmt, ds_cfg, raw_dir: Path, parent_raw_dir, seed: int) -> None:
     if fmt == "eurosat_ms_zip":
         return _tile_eurosat_ms(b, fmt, ds_cfg, raw_dir, parent_raw_dir, seed)
+    if fmt == "millionaid_zip":
+        from .millionaid import tile_millionaid
+
+        return tile_millionaid(b, fmt, ds_cfg, raw_dir, parent_raw_dir, seed)
     marker = FOLDER_MARKERS[fmt]
     S = b.tile_size
     items = _collect_class_items(b, fmt, marker, ds_cfg, raw_dir)
