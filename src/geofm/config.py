@@ -66,6 +66,12 @@ def validate(cfg: dict, source: str = "config") -> dict:
             raise ConfigError(f"{source}: datasets.{name}.from must name another dataset, got {d.get('from')!r}")
         if d["source"] == "url" and not d.get("url"):
             raise ConfigError(f"{source}: datasets.{name}.url is required when source is 'url'")
+        if d["source"] == "mixture":
+            parts = d.get("parts") or {}
+            bad = [p for p in parts if p not in ds or p == name or ds[p]["source"] == "mixture"]
+            if not parts or bad:
+                raise ConfigError(f"{source}: datasets.{name}.parts must name other (non-mixture) datasets, "
+                                  f"got {bad or parts!r}")
         if d["source"] == "local" and not d.get("path"):
             raise ConfigError(f"{source}: datasets.{name}.path is required when source is 'local'")
     prof = cfg["profile"]

@@ -56,6 +56,8 @@ def download_inputs(wc):
 
 def tile_inputs(wc):
     ds = config["datasets"][wc.dataset]
+    if ds["source"] == "mixture":  # a mixed pretraining set: the tiles of its parts
+        return [f for part in ds["parts"] for f in tiles_of(part)]
     out = [f"{RAW}/raw/{wc.dataset}/download.json"]
     if ds["source"] == "derived":
         out.append(f"{RAW}/raw/{ds['from']}/download.json")

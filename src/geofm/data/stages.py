@@ -53,6 +53,13 @@ def run_tile(cfg: dict, dataset: str) -> Path:
     from .tiling import tile_dataset
 
     ds = _ds_cfg(cfg, dataset)
+    if ds.get("source") == "mixture":
+        from .mixture import tile_mixture
+
+        out = tiles_dir_for(cfg, dataset)
+        stats = tile_mixture(dataset, ds, {p: tiles_dir_for(cfg, p) for p in ds.get("parts") or {}}, out)
+        log.info("mixed %s: %d tiles from %s -> %s", dataset, stats["n_tiles"], json.dumps(stats["parts"]), out)
+        return out
     if not ds.get("tile_size") and not ds.get("image_size") and ds.get("format") in (None, "geotiff_scenes",
                                                                                       "derived_landcover"):
         if "image_size" in cfg:

@@ -1,0 +1,87 @@
+"""A mixed pretraining set: the tiles of several tiled datasets in one tiles directory.
+
+Config (``source: mixture``, ``format: mixture``)::
+
+    realmix:
+      kind: scenes
+      source: mixture
+      format: mixture
+      parts: {ucmerced: train, eurosat: train, landsat8: all}   # dataset -> which tiles (train | all)
+      tile_size: 64
+
+Each part's tiles (``results/tiles/<part>``, made by its own tile job) are read through
+:class:`~geofm.data.shards.TileDataset`, resized to ``tile_size`` with the project's one resize
+(:func:`geofm.data.augment.resized_crop`: antialiased, uint8) and written as ``split: train`` with
+``label -1`` (a pretraining set has no classes). ``train`` takes a classification dataset's training
+split only, so no evaluation image is seen in pretraining; ``all`` takes every tile (scenes that nothing
+evaluates on). ``stats.json`` holds the mixture's own per-band mean/std (what pretraining and evaluation
+normalise with) and the tile count per part. Every part must have the same number of bands.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import DataError
+
+PART_SPLITS = ("train", "all")
+
+
+def tile_mixture(name: str, ds_cfg: dict, part_dirs: dict[str, Path], out_dir, chunk: int = 512) -> dict:
+    """Write the mixture ``name`` of the tiles directories ``part_dirs`` (dataset -> tiles dir) into
+    ``out_dir`` atomically; returns its stats."""
+    from .augment import resized_crop
+    from .shards import TileDataset
+    from .tiling import _Builder, _swap_into_place
+
+    parts = ds_cfg.get("parts") or {}
+    if not parts:
+        raise DataError(f"dataset {name!r}: a mixture needs 'parts: {{dataset: train | all, ...}}'")
+    S = int(ds_cfg.get("tile_size") or 0)
+    if S < 1:
+        raise DataError(f"dataset {name!r}: a mixture needs 'tile_size'")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        b = _Builder(tmp, name, S, float(ds_cfg.get("shard_max_mb", 256)))
+        counts, bands = {}, None
+        for part, which in parts.items():
+            if which not in PART_SPLITS:
+                raise DataError(f"dataset {name!r}: parts.{part} must be one of {PART_SPLITS}, got {which!r}")
+            d = Path(part_dirs[part])
+            if not (d / "stats.json").is_file():
+                raise DataError(f"dataset {name!r}: part {part!r} has no tiles at {d} (run its tile stage first)")
+            ds = TileDataset(d, split="train" if which == "train" else None)
+            if bands is not None and ds.stats["bands"] != bands:
+                raise DataError(f"dataset {name!r}: part {part!r} has {ds.stats['bands']} bands, the parts before "
+                                f"it have {bands}")
+            bands = ds.stats["bands"]
+            tiles = ds.as_tensor()
+            ids = [str(t) for t in ds.tile_ids]
+            for i in range(0, len(tiles), chunk):
+                x = resized_crop(torch.as_tensor(np.asarray(tiles[i:i + chunk])), None, S)
+                for j, t in enumerate(x.numpy()):
+                    tid = f"{part}/{ids[i + j]}"
+                    b.add(np.ascontiguousarray(t), {"tile_id": tid, "source": tid, "row_off": 0, "col_off": 0,
+                                                    "height": S, "width": S, "crs": None, "geometry": None,
+                                                    "label": -1, "label_name": "", "split": "train"})
+            counts[part] = {"tiles": int(len(tiles)), "split": which}
+        b.extra.update({"format": "mixture", "parts": counts})
+        stats = b.finalize()
+        _swap_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return stats
+
+
+def stats_of(tiles_dir) -> dict:
+    return json.loads((Path(tiles_dir) / "stats.json").read_text())
