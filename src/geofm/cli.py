@@ -4,7 +4,7 @@
     geofm download  --config C --dataset D
     geofm tile      --config C --dataset D
     geofm pretrain  --config C --model M [--nprocs N]
-    geofm evaluate  --config C --protocol P --model M --dataset D --out F
+    geofm evaluate  --config C --protocol P --model M --dataset D --out F [--train-ratio R]
     geofm profile   --config C --model M --strategy S --nodes N [--variant V] --out F
     geofm figures   --config C
 
@@ -136,7 +136,8 @@ def cmd_evaluate(args, cfg):
     from .eval.stages import run_evaluate
 
     enc = Path(cfg["results"]) / "pretrain" / args.model / "encoder.pt"
-    run_evaluate(cfg, args.protocol, args.model, args.dataset, enc, args.out)
+    run_evaluate(cfg, args.protocol, args.model, args.dataset, enc, args.out,
+                 train_ratio=None if args.train_ratio is None else float(args.train_ratio))
 
 
 def cmd_figures(args, cfg):
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (YAML value), e.g. --set pretrain.steps=10")
         for o in opts:
-            sp.add_argument(f"--{o}", required=o not in ("nprocs", "variant"),
+            sp.add_argument(f"--{o}", required=o not in ("nprocs", "variant", "train-ratio"),
                             type=int if o in ("nodes", "nprocs") else str)
         return sp
 
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     add("download", "dataset")
     add("tile", "dataset")
     add("pretrain", "model", "nprocs")
-    add("evaluate", "protocol", "model", "dataset", "out")
+    add("evaluate", "protocol", "model", "dataset", "out", "train-ratio")
     add("profile", "model", "strategy", "nodes", "variant", "out")
     add("figures")
     args = ap.parse_args(argv)

@@ -36,6 +36,12 @@ def _fill_defaults(node: dict, sch: dict) -> None:
             node[key] = copy.deepcopy(sub["default"])
 
 
+def section_defaults(section: str) -> dict:
+    """The schema's defaults of one config section (``pretrain``, ``evaluate``, ...)."""
+    props = schema()["properties"].get(section, {}).get("properties", {})
+    return {k: copy.deepcopy(v["default"]) for k, v in props.items() if "default" in v}
+
+
 def validate(cfg: dict, source: str = "config") -> dict:
     import jsonschema
 
@@ -51,6 +57,8 @@ def validate(cfg: dict, source: str = "config") -> dict:
         raise ConfigError(f"{source}: invalid configuration:\n" + "\n".join(lines))
     cfg = copy.deepcopy(cfg)
     _fill_defaults(cfg, sch)
+    for sec in ("pretrain", "evaluate"):  # every default lives in the schema
+        _fill_defaults(cfg[sec], sch["properties"][sec])
     ds = cfg["datasets"]
     if cfg["pretrain_dataset"] not in ds:
         raise ConfigError(f"{source}: pretrain_dataset {cfg['pretrain_dataset']!r} is not under datasets "

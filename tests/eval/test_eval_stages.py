@@ -54,7 +54,7 @@ class StandIn(nn.Module):
                 self.proj.weight.copy_(torch.randn(self.proj.weight.shape, generator=g))
             self.proj.bias.zero_()
 
-    def forward_features(self, x):
+    def forward_features(self, x, pool="mean"):
         return self.proj(x).mean(dim=(2, 3))
 
 
@@ -77,7 +77,8 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setattr(stages, "build_encoder", fake_build)
     cfg = {"results": str(tmp_path), "seed": 5, "image_size": 8,
            "evaluate": {"linprobe_epochs": 30, "linprobe_lr": 0.5, "batch_size": 16, "knn_k": 5,
-                        "knn_temperature": 0.1, "device": "cpu"}}
+                        "knn_temperature": 0.1, "device": "cpu", "pool": "mean", "linprobe_solver": "sgd",
+                        "linprobe_augment": False, "linprobe_batch_size": 16}}
     return cfg, tmp_path, enc_path, built
 
 
@@ -90,7 +91,9 @@ def test_run_evaluate_end_to_end(env, protocol):
     assert on_disk == json.loads(json.dumps(rec))
     assert on_disk["protocol"] == protocol and on_disk["model"] == "standin" and on_disk["dataset"] == "fix"
     assert on_disk["checkpoint_step"] == 123
-    assert on_disk["config"] == cfg["evaluate"]
+    from geofm.config import section_defaults
+
+    assert on_disk["config"] == {**section_defaults("evaluate"), **cfg["evaluate"]}  # the effective settings
     for which in ("pretrained", "random_init"):
         r = on_disk[which]
         assert set(r) >= {"top1", "top5", "per_class", "n_train", "n_test"}

@@ -82,7 +82,9 @@ def test_run_evaluate_finetune(tmp_path):
     rec = stages.run_evaluate(cfg, "finetune", "test_micro", "fix", path, out)
     on_disk = json.loads(out.read_text())
     assert on_disk["protocol"] == "finetune" and on_disk["checkpoint_step"] == 9
-    assert on_disk["config"] == ev
+    from geofm.config import section_defaults
+
+    assert on_disk["config"] == {**section_defaults("evaluate"), **ev}
     s = on_disk["settings"]
     assert s["layer_decay"] == 0.8 and s["pool"] == "cls" and s["epochs"] == 8
     for which in ("pretrained", "random_init"):

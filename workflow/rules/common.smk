@@ -23,6 +23,8 @@ wildcard_constraints:
     nodes="[0-9]+",
     # a profile variant as its file-name suffix: "" (the base variant) or ".<name>"
     variant=r"(\.[a-z][a-z0-9_]*)?",
+    # an evaluation at a train ratio as its file-name suffix: "" (the tiles' split) or ".tr<percent>"
+    ratio=r"(\.tr[0-9p]+)?",
 
 
 def effective_config() -> str:
@@ -104,8 +106,32 @@ SITE_ENV = ('SITE_ENV="{resources.site_env}"; if [ -n "$SITE_ENV" ]; then case "
             f'*) SITE_ENV="{workflow.basedir}/$SITE_ENV" ;; esac; . "$SITE_ENV"; fi; ')
 
 
-EVAL_OUT = expand(f"{RES}/eval/{{protocol}}/{{model}}/{{dataset}}.json",
-                  protocol=PROTOCOLS, model=MODELS, dataset=EVAL_DS)
+def ratio_tag(r):
+    """0.2 -> "tr20" (geofm.eval.stages.ratio_tag): the file-name suffix of an evaluation at a train ratio."""
+    from geofm.eval.stages import ratio_tag as tag
+
+    return tag(r)
+
+
+def eval_stems(name):
+    """`{dataset}` (the tiles' own split) or, with `train_ratios`, `{dataset}.tr<percent>` per ratio."""
+    ratios = config["datasets"][name].get("train_ratios")
+    return [f"{name}.{ratio_tag(r)}" for r in ratios] if ratios else [name]
+
+
+def eval_train_ratio(wc):
+    """The `--train-ratio` option of an evaluation whose file name carries a ratio tag ("" when none)."""
+    if not wc.ratio:
+        return ""
+    tag = wc.ratio.lstrip(".")
+    for r in config["datasets"][wc.dataset].get("train_ratios") or []:
+        if ratio_tag(r) == tag:
+            return f"--train-ratio {r}"
+    raise ValueError(f"{wc.dataset}{wc.ratio}: no train ratio {tag!r} under datasets.{wc.dataset}.train_ratios")
+
+
+EVAL_OUT = expand(f"{RES}/eval/{{protocol}}/{{model}}/{{stem}}.json",
+                  protocol=PROTOCOLS, model=MODELS, stem=[s for d in EVAL_DS for s in eval_stems(d)])
 VARIANTS = PROF.get("variants") or {}
 
 

@@ -1,9 +1,12 @@
-"""MAE augmentations shared by the epoch loader (:mod:`geofm.data.loader`) and the trainer's step-indexed batches
-(:mod:`geofm.train.batches`): RandomResizedCrop(scale 0.2-1, ratio 3/4-4/3) + horizontal flip + normalisation.
+"""The one preprocessing path: MAE augmentations shared by the epoch loader (:mod:`geofm.data.loader`), the trainer's
+step-indexed batches (:mod:`geofm.train.batches`), the linear probe and fine-tuning (:func:`train_batch`):
+RandomResizedCrop(scale 0.2-1, ratio 3/4-4/3, bicubic as MAE) + horizontal flip + normalisation; and MAE's test
+transform for feature extraction and every test split (:func:`eval_batch`: resize to size/0.875, centre crop).
+Normalisation uses the statistics of the pretraining set (``stats.json`` of its tiles, carried in ``encoder.pt``).
 
 Fast path (the default, on CPU): the crop is cut from the uint8 tile at integer pixel offsets (as torchvision's
-``RandomResizedCrop`` does) and resized with ``F.interpolate(..., mode="bilinear", antialias=True)`` **on uint8**,
-which torch runs with its vectorised (AVX2/AVX-512) uint8 kernel -- one call per sample, since every crop has
+``RandomResizedCrop`` does) and resized with ``F.interpolate(..., mode="bicubic", antialias=True)`` **on uint8**,
+(bicubic by default) which torch runs with its vectorised uint8 kernel -- one call per sample, since every crop has
 its own size; the flip is applied to the small resized uint8 output.  Only then is the batch converted to float
 and normalised (``(x - 255 mean) / (255 std)``), in one pass.  The parameters (boxes, flips) are drawn for the
 whole batch up front, so a sample's result does not depend on the other samples of its batch.
@@ -14,7 +17,7 @@ Where the work happens is chosen with ``augment_on_device`` (see :func:`parse_de
 ``"normalize"`` crop/resize/flip on the CPU in uint8; the batch travels as uint8 (4x fewer bytes through the
                 DataLoader's shared memory and PCIe) and is converted/normalised on the device.
 ``"all"``       the CPU only gathers the uint8 tiles; crop/resize/flip/normalise run on the device (float,
-                same integer boxes and the same antialiased bilinear resize).
+                same integer boxes and the same antialiased bicubic resize).
 
 In the last two cases the loader yields a :class:`DeviceBatch`, whose ``.to(device, non_blocking=True)`` (what
 training loops call anyway) finishes the work there and returns the normalised float32 tensor; ``pin_memory()``
@@ -93,35 +96,48 @@ def integer_boxes(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return torch.stack([x0, y0, w, h], dim=1).to(torch.int64)
 
 
-def _resize(x: torch.Tensor, out: int) -> torch.Tensor:
-    """Bilinear antialiased resize of 1 x C x h x w to out x out (uint8 on CPU: torch's vectorised uint8 path)."""
-    if x.shape[-2] == out and x.shape[-1] == out:
+# MAE's RandomResizedCrop(input_size, interpolation=3) and its eval Resize: bicubic (main_pretrain.py,
+# main_linprobe.py, util/datasets.py of facebookresearch/mae); "bilinear" stays selectable
+INTERPOLATION = "bicubic"
+INTERPOLATIONS = ("bicubic", "bilinear")
+# MAE's eval transform: Resize(int(size / crop_pct)) + CenterCrop(size), crop_pct = 224 / 256
+CROP_PCT = 0.875
+
+
+def _resize(x: torch.Tensor, out: int, mode: str = INTERPOLATION, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Antialiased resize (bicubic or bilinear) of B x C x h x w to out x out (uint8 on CPU: torch's uint8 path,
+    which clamps and rounds like PIL; a float resize of uint8 data is clamped to 0..255 the same way)."""
+    size = size or (out, out)
+    if tuple(x.shape[-2:]) == tuple(size):
         return x
-    if x.dtype == torch.uint8 and x.device.type != "cpu":
+    clamp = x.dtype == torch.uint8 and x.device.type != "cpu"
+    if clamp:
         x = x.float()  # CUDA has no uint8 antialias kernel
-    y = F.interpolate(x, size=(out, out), mode="bilinear", align_corners=False, antialias=True)
-    return y
+    y = F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True)
+    return y.clamp_(0, 255) if clamp and mode == "bicubic" else y
 
 
 def resized_crop(images: torch.Tensor, boxes: torch.Tensor | None, out: int,
-                 flips: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample crop (``boxes`` x0, y0, x1, y1 rounded to integers; None = whole image) + antialiased bilinear
-    resize to ``out`` x ``out`` + optional horizontal flip, of ``B x C x H x W`` images.
+                 flips: torch.Tensor | None = None, mode: str = INTERPOLATION) -> torch.Tensor:
+    """Per-sample crop (``boxes`` x0, y0, x1, y1 rounded to integers; None = whole image) + antialiased resize
+    (``mode``: bicubic, MAE's, or bilinear) to ``out`` x ``out`` + optional horizontal flip, of ``B x C x H x W``
+    images.
 
     uint8 in -> uint8 out on CPU (rounded); float in -> float out; uint8 on another device -> float out.
     """
+    if mode not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {mode!r}")
     b, c, h, w = images.shape
     if boxes is None and (flips is None or not bool(flips.any())):
         if h == out and w == out:
             return images
-        if images.device.type == "cpu" or images.dtype != torch.uint8:
-            return F.interpolate(images, size=(out, out), mode="bilinear", align_corners=False, antialias=True)
+        return _resize(images, out, mode)
     dtype = images.dtype if (images.device.type == "cpu" or images.dtype != torch.uint8) else torch.float32
     res = torch.empty((b, c, out, out), dtype=dtype, device=images.device)
     ib = [(0, 0, w, h)] * b if boxes is None else integer_boxes(boxes, h, w).tolist()
     fl = [False] * b if flips is None else flips.tolist()
     for i, (x0, y0, bw, bh) in enumerate(ib):
-        y = _resize(images[i:i + 1, :, y0:y0 + bh, x0:x0 + bw], out)
+        y = _resize(images[i:i + 1, :, y0:y0 + bh, x0:x0 + bw], out, mode)
         if fl[i]:
             y = y.flip(-1)
         res[i:i + 1].copy_(y)
@@ -139,6 +155,45 @@ def norm_params(mean, std) -> tuple[torch.Tensor, torch.Tensor]:
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
     s = torch.tensor(std, dtype=torch.float32).clamp_min(1e-6).view(1, -1, 1, 1) * 255.0
     return m, 1.0 / s
+
+
+def center_resize(images: torch.Tensor, out: int, crop_pct: float = CROP_PCT, mode: str = INTERPOLATION) -> torch.Tensor:
+    """MAE's test transform: antialiased resize of the (square) images to ``int(out / crop_pct)``, then the
+    central ``out`` x ``out`` crop (``crop_pct`` 1: a plain resize to ``out``). uint8 stays uint8 on the CPU."""
+    if not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must lie in (0, 1], got {crop_pct}")
+    h, w = images.shape[-2:]
+    short = int(out / crop_pct)
+    size = (short, max(short, round(w * short / h))) if h <= w else (max(short, round(h * short / w)), short)
+    y = _resize(images, out, mode, size=size)
+    top, left = (y.shape[-2] - out) // 2, (y.shape[-1] - out) // 2
+    return y[..., top:top + out, left:left + out]
+
+
+def eval_batch(images_uint8: torch.Tensor, out: int, mean, std, crop_pct: float = CROP_PCT,
+               mode: str = INTERPOLATION) -> torch.Tensor:
+    """uint8 ``B x C x H x W`` -> the normalised float batch an encoder sees at test time (feature extraction,
+    the probes' and fine-tuning's test split): :func:`center_resize` then :func:`normalize` with ``mean``/``std``
+    (0..1 units, the pretraining set's)."""
+    if images_uint8.ndim != 4:
+        raise ValueError(f"expected images B×C×H×W, got shape {tuple(images_uint8.shape)}")
+    c = images_uint8.shape[1]
+    if len(mean) != c or len(std) != c:
+        raise ValueError(f"images have {c} bands but mean/std have {len(mean)}/{len(std)} entries")
+    m, s = norm_params(mean, std)
+    return normalize(center_resize(images_uint8, out, crop_pct, mode), m, s)
+
+
+def train_batch(images_uint8: torch.Tensor, out: int, mean, std, gen: torch.Generator, scale=(0.2, 1.0),
+                mode: str = INTERPOLATION, rows: slice | None = None, n_global: int | None = None) -> torch.Tensor:
+    """The training view: random-resized crop (``scale``) + horizontal flip + normalisation. The boxes and flips
+    are drawn for ``n_global`` rows (default: the batch) and ``rows`` of them are applied to ``images_uint8``."""
+    n = images_uint8.shape[0] if n_global is None else n_global
+    boxes, flips = sample_augment(n, images_uint8.shape[-2], images_uint8.shape[-1], gen, scale=tuple(scale))
+    if rows is not None:
+        boxes, flips = boxes[rows], flips[rows]
+    m, s = norm_params(mean, std)
+    return normalize(resized_crop(images_uint8, boxes, out, flips, mode), m, s)
 
 
 class DeviceBatch:

@@ -7,7 +7,7 @@ image_size`` normalised with the tiles' ``stats.json`` mean/std and ``labels`` i
 - Rank split: a seeded permutation per epoch (``seed + epoch``), truncated (``drop_last``) or padded to a
   multiple of ``world_size``, then ``perm[rank::world_size]`` -- disjoint across ranks, identical on every rank.
 - MAE augmentations (``augment=True``): RandomResizedCrop(scale=(0.2, 1.0), ratio=(3/4, 4/3)) + random
-  horizontal flip, parameters drawn for the whole batch, crop + antialiased bilinear resize done on uint8
+  horizontal flip, parameters drawn for the whole batch, crop + antialiased bicubic resize done on uint8
   (:mod:`geofm.data.augment`, shared with :mod:`geofm.train.batches`), then one float conversion/normalisation.
   The RNG is seeded per (seed, epoch, rank, batch), so batches are reproducible regardless of ``num_workers``.
 - ``augment_on_device="normalize" | "all"``: images come as a :class:`~geofm.data.augment.DeviceBatch` (uint8)

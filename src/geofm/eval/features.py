@@ -1,7 +1,8 @@
 """Frozen-encoder features, with an optional on-disk cache.
 
-``extract_features`` turns uint8 tiles ``N×C×S×S`` into ``(N, D)`` float32 features: scale to 0..1,
-resize to ``image_size`` (bilinear), normalise with the dataset's band ``mean``/``std`` (0..1 units),
+``extract_features`` turns uint8 tiles ``N×C×S×S`` into ``(N, D)`` float32 features: MAE's test transform
+(antialiased bicubic resize to ``image_size / crop_pct``, centre crop ``image_size``), normalised with the
+band ``mean``/``std`` given (0..1 units; the pretraining set's), through :func:`geofm.data.augment.eval_batch`,
 run ``encoder.forward_features`` in eval mode without gradients. The encoder's train/eval mode is
 restored afterwards.
 
@@ -26,7 +27,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
+
+from geofm.data.augment import CROP_PCT, eval_batch
 
 
 def cache_key(model: str, step, dataset: str, split: str, **extra) -> dict:
@@ -117,26 +119,18 @@ def _save_atomic(path: Path, key: Mapping, feats: torch.Tensor) -> None:
 
 
 def preprocess(batch_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-               image_size: int) -> torch.Tensor:
-    """uint8 ``B×C×S×S`` → float ``B×C×image_size×image_size``, normalised."""
-    if batch_uint8.ndim != 4:
-        raise ValueError(f"expected images B×C×H×W, got shape {tuple(batch_uint8.shape)}")
-    c = batch_uint8.shape[1]
-    if len(mean) != c or len(std) != c:
-        raise ValueError(f"images have {c} bands but mean/std have {len(mean)}/{len(std)} entries")
-    x = batch_uint8.float().div_(255.0)
-    if x.shape[-2:] != (image_size, image_size):
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    m = torch.as_tensor(list(mean), dtype=x.dtype).view(1, c, 1, 1)
-    s = torch.as_tensor(list(std), dtype=x.dtype).view(1, c, 1, 1).clamp_min(1e-6)
-    return (x - m) / s
+               image_size: int, crop_pct: float = CROP_PCT) -> torch.Tensor:
+    """uint8 ``B×C×S×S`` → float ``B×C×image_size×image_size``, normalised: MAE's test transform, the one
+    of :func:`geofm.data.augment.eval_batch` (antialiased bicubic resize to ``image_size / crop_pct``, centre
+    crop)."""
+    return eval_batch(batch_uint8, image_size, mean, std, crop_pct)
 
 
 @torch.no_grad()
 def extract_features(encoder: torch.nn.Module, images_uint8, mean: Sequence[float], std: Sequence[float],
                      image_size: int, batch_size: int = 256, *, device: str | torch.device = "cpu",
                      cache_path: str | os.PathLike | None = None, cache_key: Mapping | None = None,
-                     pool: str = "mean", distributed: bool = True) -> torch.Tensor:
+                     pool: str = "mean", distributed: bool = True, crop_pct: float = CROP_PCT) -> torch.Tensor:
     """Features ``(N, D)`` float32 on CPU of ``images_uint8`` (uint8 tensor or array ``N×C×S×S``).
 
     With ``cache_path`` the result is loaded from / saved to that file; ``cache_key`` (see
@@ -180,7 +174,7 @@ def extract_features(encoder: torch.nn.Module, images_uint8, mean: Sequence[floa
             encoder.to(device)
         chunks = []
         for i in range(0, mine.shape[0], batch_size):
-            x = preprocess(mine[i:i + batch_size], mean, std, image_size).to(device)
+            x = preprocess(mine[i:i + batch_size], mean, std, image_size, crop_pct).to(device)
             f = forward(x)
             if f.ndim != 2:
                 raise ValueError(f"encoder.forward_features must return (B, D), got {tuple(f.shape)}")

@@ -9,7 +9,9 @@ group of layer ``l`` (0 = patch embedding / cls token, ``i+1`` = block ``i``, ``
 head) gets ``lr · layer_decay^(depth+1-l)`` — no weight decay on biases, norms and tokens; linear warm-up
 then a half-cosine per iteration; absolute lr = ``base_lr · global_batch / 256``; cross-entropy on soft
 targets with label smoothing and optional mixup (``lam ~ Beta(a, a)``, the partner is the batch rolled
-by one within the rank's slice); MAE's augmentation: a batched random-resized-crop + horizontal flip.
+by one within the rank's slice); MAE's augmentation: a batched random-resized-crop (bicubic) + horizontal flip,
+normalised with the pretraining set's statistics, through the one preprocessing path
+(:func:`geofm.data.augment.train_batch`; :func:`~geofm.data.augment.eval_batch` for the test split).
 
 Distribution: under ``torch.distributed`` with more than one rank the model is sharded with FSDP2 through
 :func:`geofm.distributed.parallelize.parallelize` (blocks, then the root — ``Classifier`` has
@@ -30,6 +32,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from geofm.data.augment import CROP_PCT, eval_batch, train_batch
 from geofm.eval.linprobe import lr_at
 
 
@@ -47,6 +50,7 @@ class FinetuneConfig:
     min_lr: float = 1e-6
     augment: bool = True
     crop_scale: tuple = (0.2, 1.0)
+    crop_pct: float = CROP_PCT  # without augmentation: MAE's test transform (resize, centre crop)
     pool: str = "mean"
     head_norm: str = "layernorm"  # layernorm | batchnorm
     strategy: str = "FULL_SHARD"  # used when world size > 1
@@ -135,33 +139,13 @@ def _gen(*keys) -> torch.Generator:
 def augment_global(x: torch.Tensor, n_global: int, rows: slice, image_size: int, gen: torch.Generator,
                    scale=(0.2, 1.0)) -> torch.Tensor:
     """MAE's random-resized-crop + flip for rows ``rows`` of a global batch of ``n_global``: the crop boxes
-    and flips are drawn from ``gen`` for the whole global batch exactly as
-    :func:`geofm.data.loader.mae_augment` draws them, then sliced; ``x`` holds only those rows. Float
-    output in the input's value range (what ``mae_augment`` returns for the same rows)."""
-    try:  # the shared augmentation module (integer crop + antialiased resize)
-        from geofm.data.augment import resized_crop, sample_augment
-    except ImportError:  # older tree: roi_align based
-        return _augment_roi(x, n_global, rows, image_size, gen, scale)
+    and flips are drawn from ``gen`` for the whole global batch, then sliced; ``x`` holds only those rows.
+    Float output in the input's value range, not normalised (:func:`geofm.data.augment.train_batch` is this
+    plus the normalisation)."""
+    from geofm.data.augment import resized_crop, sample_augment
+
     boxes, flips = sample_augment(n_global, x.shape[-2], x.shape[-1], gen, scale=tuple(scale))
     return resized_crop(x, boxes[rows], image_size, flips[rows]).float()
-
-
-def _augment_roi(x, n_global, rows, image_size, gen, scale):
-    from torchvision.ops import roi_align
-
-    from geofm.data.loader import sample_crop_boxes
-
-    _, _, h, w = x.shape
-    boxes = sample_crop_boxes(n_global, h, w, gen, scale=tuple(scale))
-    flip = torch.rand(n_global, generator=gen) < 0.5
-    boxes, flip = boxes[rows], flip[rows]
-    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-    x0 = torch.where(flip, w - boxes[:, 2], boxes[:, 0])
-    x1 = torch.where(flip, w - boxes[:, 0], boxes[:, 2])
-    boxes = torch.stack([x0, boxes[:, 1], x1, boxes[:, 3]], dim=1)
-    rois = torch.cat([torch.arange(x.shape[0], dtype=torch.float32)[:, None], boxes.float()], dim=1)
-    return roi_align(x.float(), rois, output_size=(image_size, image_size), spatial_scale=1.0, sampling_ratio=-1,
-                     aligned=True)
 
 
 def soft_targets(labels: torch.Tensor, n_classes: int, smoothing: float) -> torch.Tensor:
@@ -213,8 +197,6 @@ def finetune(encoder: nn.Module, images_uint8: torch.Tensor, labels, n_classes: 
     groups = param_groups_lrd(model, cfg.weight_decay, cfg.layer_decay, depth)
     opt = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups], lr=peak,
                             betas=(0.9, 0.999))
-    m = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1) * 255
-    s = torch.tensor(list(std), dtype=torch.float32).clamp_min(1e-6).view(1, -1, 1, 1) * 255
     rows = slice(rank, None, world)
     history: list[dict] = []
     it = 0
@@ -228,13 +210,12 @@ def finetune(encoder: nn.Module, images_uint8: torch.Tensor, labels, n_classes: 
                 g["lr"] = lr * g["lr_scale"]
             idx = perm[b * bs:(b + 1) * bs][rows]
             x, y = images[idx], labels[idx]
-            if cfg.augment:
-                x = augment_global(x, bs, rows, image_size, _gen(cfg.seed, 2, epoch, b), cfg.crop_scale)
+            if cfg.augment:  # the training view of the one preprocessing path (geofm.data.augment)
+                x = train_batch(x, image_size, mean, std, _gen(cfg.seed, 2, epoch, b), cfg.crop_scale,
+                                rows=rows, n_global=bs)
             else:
-                x = x.float()
-                if x.shape[-1] != image_size:
-                    x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-            x = ((x - m) / s).to(device)
+                x = eval_batch(x, image_size, mean, std, cfg.crop_pct)
+            x = x.to(device)
             target = soft_targets(y, n_classes, cfg.label_smoothing)
             if cfg.mixup > 0:
                 lam = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())

@@ -92,16 +92,27 @@ def _check_inputs(feats: torch.Tensor, labels: torch.Tensor, n_classes: int) -> 
 def train_linear_probe(feats, labels, n_classes: int, *, epochs: int = 90, batch_size: int = 256,
                        base_lr: float = 0.1, lr: float | None = None, momentum: float = 0.9,
                        weight_decay: float = 0.0, warmup_epochs: float | None = None,
-                       optimizer: str = "sgd", seed: int = 0) -> LinearProbe:
+                       optimizer: str = "sgd", seed: int = 0, features_of=None, dim: int | None = None) -> LinearProbe:
     """Train a :class:`LinearProbe` on frozen features with the MAE recipe.
 
-    ``lr`` (absolute) overrides ``base_lr * batch_size / 256``. ``warmup_epochs`` defaults to 10 % of
-    ``epochs`` (MAE: 10 of 90). ``optimizer`` is ``"sgd"`` (momentum) or ``"lars"``. Returned in eval mode.
+    ``lr`` (absolute) overrides ``base_lr * batch_size / 256`` (``batch_size`` capped at the number of
+    samples). ``warmup_epochs`` defaults to 10 % of ``epochs`` (MAE: 10 of 90). ``optimizer`` is ``"sgd"``
+    (momentum) or ``"lars"`` (MAE's). With ``features_of(idx, epoch, batch) -> (len(idx), dim)`` the features of
+    every batch are computed anew (an augmented view through the frozen encoder: MAE's protocol) and
+    ``feats`` is ignored (pass ``None`` and ``dim``). Returned in eval mode.
     """
-    feats, labels = _check_inputs(feats, labels, n_classes)
+    labels = torch.as_tensor(labels).long()
+    if features_of is None:
+        feats, labels = _check_inputs(feats, labels, n_classes)
+        n, dim = feats.shape
+    else:
+        if dim is None:
+            raise ValueError("features_of needs the feature width dim")
+        n = labels.shape[0]
+        if n == 0 or labels.min() < 0 or labels.max() >= n_classes:
+            raise ValueError(f"need >= 1 sample with labels in [0, {n_classes})")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
-    n, dim = feats.shape
     g = torch.Generator().manual_seed(int(seed))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
@@ -123,7 +134,7 @@ def train_linear_probe(feats, labels, n_classes: int, *, epochs: int = 90, batch
     warm = round((0.1 * epochs if warmup_epochs is None else warmup_epochs) * steps_per_epoch)
     probe.train()
     it = 0
-    for _ in range(epochs):
+    for epoch in range(epochs):
         perm = torch.randperm(n, generator=g)
         for b in range(steps_per_epoch):
             idx = perm[b * bs:(b + 1) * bs]
@@ -132,7 +143,8 @@ def train_linear_probe(feats, labels, n_classes: int, *, epochs: int = 90, batch
             cur = lr_at(it, total, warm, peak)
             for group in opt.param_groups:
                 group["lr"] = cur
-            loss = F.cross_entropy(probe(feats[idx]), labels[idx])
+            x = feats[idx] if features_of is None else features_of(idx, epoch, b).float()
+            loss = F.cross_entropy(probe(x), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -11,13 +11,22 @@ fits the protocol's classifier on the train features, scores the test features a
 
 all atomically, beside each other.
 
-Config (``cfg["evaluate"]``; defaults in brackets): ``linprobe_epochs`` [90], ``linprobe_lr`` (base lr,
-scaled by batch/256 as in MAE) [0.1], ``linprobe_solver`` (sgd | lars | logreg) [sgd],
-``linprobe_weight_decay`` [0], ``linprobe_warmup_epochs`` [10 % of epochs], ``logreg_l2`` [1e-4],
-``batch_size`` [256], ``knn_k`` [20], ``knn_temperature`` [0.07], ``image_size`` [top-level
-``image_size``, else the encoder's], ``device`` [top-level ``device``; ``auto`` = cuda if available],
-``feature_cache`` [true: features under ``{results}/eval/features/``], ``pool`` (mean | cls) [mean],
+Config (``cfg["evaluate"]``; the defaults live in the schema and are MAE's linear probe, He et al. 2022
+appendix A.2 / facebookresearch/mae ``main_linprobe.py``): ``pool`` (cls | mean) [cls], ``linprobe_solver``
+(lars | sgd | logreg) [lars], ``linprobe_lr`` (base lr, × batch/256) [0.1], ``linprobe_epochs`` [90],
+``linprobe_warmup_epochs`` [10], ``linprobe_weight_decay`` [0], ``linprobe_batch_size`` [16384, capped at the
+training images], ``linprobe_augment`` [true: every batch a new random-resized crop (``linprobe_crop_scale``
+[0.08, 1], bicubic) + flip through the frozen encoder; false: cached features of the test transform],
+``crop_pct`` [0.875: test images resized to ``image_size / crop_pct`` then centre-cropped], ``logreg_l2``
+[1e-4], ``batch_size`` (images per encoder forward) [256], ``knn_k`` [20], ``knn_temperature`` [0.07],
+``image_size`` [top-level ``image_size``, else the encoder's], ``device`` [top-level ``device``; ``auto`` =
+cuda if available], ``feature_cache`` [true: features under ``{results}/eval/features/``],
 ``shard_encoder`` [false: with >1 rank, shard the frozen encoder with FSDP2 instead of a copy per rank].
+
+Inputs are normalised with the pretraining set's statistics (``encoder.pt`` meta ``norm``), through the one
+preprocessing path of :mod:`geofm.data.augment`. With ``train_ratio`` (a dataset's ``train_ratios`` in the
+config; output ``{dataset}.tr<percent>.json``) the labelled tiles are re-split, stratified and seeded, at that
+ratio; otherwise the tiles' own split is used.
 
 ``finetune`` (see :mod:`geofm.eval.finetune`): ``finetune_epochs`` [50], ``finetune_batch_size``
 [``batch_size``], ``finetune_lr`` (base lr, × batch/256) [5e-4], ``finetune_weight_decay`` [0.05], ``finetune_warmup_epochs`` [10 %], ``layer_decay``
@@ -62,15 +71,57 @@ class Split:
     std: list[float]
 
 
-def load_split(tiles_dir: Path, split: str) -> Split:
-    """One split of a tiled dataset through the data stage's ``TileDataset``."""
+def load_split(tiles_dir: Path, split: str | None) -> Split:
+    """The labelled tiles of one split (``None``: every split) of a tiled dataset through the data stage's
+    ``TileDataset`` (unlabelled tiles, label -1, e.g. MillionAID's flat test folder, are left out)."""
     from geofm.data.shards import TileDataset
 
     ds = TileDataset(tiles_dir, split=split)
     stats = ds.stats
-    return Split(images=torch.as_tensor(ds.as_tensor()), labels=np.array(ds.labels, dtype=np.int64),
+    keep = np.nonzero(np.asarray(ds.labels) >= 0)[0]
+    return Split(images=torch.as_tensor(ds.get_batch(keep)), labels=np.array(ds.labels[keep], dtype=np.int64),
                  classes=[str(c) for c in ds.classes], mean=[float(v) for v in stats["mean"]],
                  std=[float(v) for v in stats["std"]])
+
+
+def ratio_tag(train_ratio: float) -> str:
+    """``0.2`` -> ``"tr20"``: the suffix of an evaluation at that train ratio (``{dataset}.tr20.json``)."""
+    pct = round(float(train_ratio) * 100, 6)
+    return f"tr{int(pct)}" if pct == int(pct) else f"tr{pct:g}".replace(".", "p")
+
+
+def resplit(tiles_dir: Path, train_ratio: float, seed: int, dataset: str) -> tuple[Split, Split]:
+    """Train and test splits of the labelled tiles at ``train_ratio`` (stratified, seeded by dataset and ratio;
+    the literature's protocol: a random ``train_ratio`` of each class trains, the rest tests)."""
+    from geofm.data.tiling import _seeded_rng, stratified_split
+
+    if not 0 < float(train_ratio) < 1:
+        raise EvalError(f"train ratio must lie in (0, 1), got {train_ratio}")
+    every = load_split(tiles_dir, None)
+    sp = stratified_split(every.labels, float(train_ratio), 0.0, _seeded_rng(seed, dataset, "ratio", float(train_ratio)))
+    out = []
+    for name in ("train", "test"):
+        idx = np.nonzero(sp == name)[0]
+        out.append(Split(every.images[torch.as_tensor(idx)], every.labels[idx], every.classes, every.mean, every.std))
+    return out[0], out[1]
+
+
+def normalisation(cfg: dict, meta: dict, train: Split) -> tuple[list[float], list[float], str]:
+    """The statistics an encoder's inputs are normalised with: the pretraining set's (carried in ``encoder.pt``,
+    else the pretraining dataset's ``stats.json``), as in pretraining; the evaluated dataset's own only when
+    neither exists (a synthetic-data encoder)."""
+    norm = meta.get("norm") or {}
+    if norm.get("mean") and norm.get("std"):
+        return list(norm["mean"]), list(norm["std"]), f"pretraining set ({norm.get('tiles', 'encoder.pt')})"
+    pre = cfg.get("pretrain_dataset")
+    stats = Path(cfg.get("results", "results")) / "tiles" / str(pre) / "stats.json"
+    if pre and stats.is_file():
+        import json
+
+        st = json.loads(stats.read_text())
+        if len(st["mean"]) == len(train.mean):
+            return [float(v) for v in st["mean"]], [float(v) for v in st["std"]], f"pretraining set ({stats.parent})"
+    return train.mean, train.std, "evaluated dataset"
 
 
 def load_encoder(path):
@@ -97,27 +148,63 @@ def _resolve_image_size(cfg: dict, ev: dict, meta: dict, path: Path) -> int:
     return size
 
 
-def _classifier_scores(protocol: str, ev: dict, tr_f, tr_y, te_f, n_classes: int, seed: int) -> tuple[np.ndarray, dict]:
+def _classifier_scores(protocol: str, ev: dict, tr_f, tr_y, te_f, n_classes: int, seed: int,
+                       features_of=None) -> tuple[np.ndarray, dict]:
+    """Fit the protocol's classifier on the training features (or, for MAE's augmented linear probe, on
+    ``features_of(idx, epoch, batch)``: a new augmented view of each batch) and score the test features."""
     if protocol == "knn":
         k, t = int(ev.get("knn_k", 20)), float(ev.get("knn_temperature", 0.07))
         scores = knn_scores(tr_f, tr_y, te_f, n_classes, k=k, temperature=t)
         return scores.numpy(), {"knn_k": k, "knn_temperature": t}
-    solver = str(ev.get("linprobe_solver", "sgd")).lower()
+    solver = str(ev["linprobe_solver"]).lower()
     if solver == "logreg":
         l2 = float(ev.get("logreg_l2", 1e-4))
         head = fit_logreg(tr_f, tr_y, n_classes, l2=l2)
         return predict_scores(head, te_f).numpy(), {"linprobe_solver": solver, "logreg_l2": l2}
-    epochs = int(ev.get("linprobe_epochs", 90))
-    bs = int(ev.get("batch_size", 256))
-    base_lr = float(ev.get("linprobe_lr", 0.1))
-    wd = float(ev.get("linprobe_weight_decay", 0.0))
+    epochs = int(ev["linprobe_epochs"])
+    bs = min(int(ev["linprobe_batch_size"]), len(tr_y))
+    base_lr = float(ev["linprobe_lr"])
+    wd = float(ev["linprobe_weight_decay"])
     warm = ev.get("linprobe_warmup_epochs")
-    head = train_linear_probe(tr_f, tr_y, n_classes, epochs=epochs, batch_size=bs, base_lr=base_lr,
-                              weight_decay=wd, warmup_epochs=None if warm is None else float(warm),
-                              optimizer=solver, seed=seed)
+    kw = {"features_of": features_of, "dim": te_f.shape[1]} if features_of is not None else {}
+    head = train_linear_probe(None if features_of is not None else tr_f, tr_y, n_classes, epochs=epochs,
+                              batch_size=bs, base_lr=base_lr, weight_decay=wd,
+                              warmup_epochs=None if warm is None else float(warm), optimizer=solver, seed=seed, **kw)
     return predict_scores(head, te_f).numpy(), {
-        "linprobe_solver": solver, "linprobe_epochs": epochs, "batch_size": bs, "linprobe_lr": base_lr,
-        "linprobe_weight_decay": wd}
+        "linprobe_solver": solver, "linprobe_epochs": epochs, "linprobe_batch_size": bs, "linprobe_lr": base_lr,
+        "linprobe_abs_lr": base_lr * bs / 256, "linprobe_weight_decay": wd,
+        "linprobe_warmup_epochs": None if warm is None else float(warm),
+        "linprobe_augment": features_of is not None,
+        **({"linprobe_crop_scale": list(ev["linprobe_crop_scale"])} if features_of is not None else {})}
+
+
+def _augmented_features(encoder, images, mean, std, image_size: int, chunk: int, device, pool: str, scale,
+                        seed: int):
+    """``features_of(idx, epoch, batch)`` for MAE's linear probe: each call draws a new random-resized crop
+    (bicubic, ``scale``) + flip of the images ``idx`` (:func:`geofm.data.augment.train_batch`, the training view
+    of the one preprocessing path) and runs the frozen encoder on them in chunks of ``chunk`` images, so a probe
+    batch of any size fits. Every rank computes the same (seeded) features."""
+    from geofm.data.augment import train_batch
+    from geofm.eval.finetune import _gen
+
+    def forward(x):
+        return encoder.forward_features(x) if pool == "mean" else encoder.forward_features(x, pool=pool)
+
+    @torch.no_grad()
+    def features_of(idx, epoch: int, batch: int) -> torch.Tensor:
+        was = encoder.training
+        encoder.eval()
+        gen = _gen(seed, 5, epoch, batch)
+        out = []
+        try:
+            for i in range(0, len(idx), chunk):
+                x = train_batch(images[idx[i:i + chunk]], image_size, mean, std, gen, scale)
+                out.append(forward(x.to(device)).float().cpu())
+        finally:
+            encoder.train(was)
+        return torch.cat(out)
+
+    return features_of
 
 
 def finetune_config(ev: dict, seed: int):
@@ -135,6 +222,7 @@ def finetune_config(ev: dict, seed: int):
         label_smoothing=float(ev.get("label_smoothing", d.label_smoothing)), mixup=float(ev.get("mixup", d.mixup)),
         warmup_epochs=None if warm is None else float(warm), augment=bool(ev.get("finetune_augment", d.augment)),
         crop_scale=tuple(float(v) for v in ev.get("finetune_crop_scale", d.crop_scale)),
+        crop_pct=float(ev.get("crop_pct", d.crop_pct)),
         pool=str(ev.get("pool", d.pool)), head_norm=str(ev.get("finetune_head_norm", d.head_norm)),
         strategy=str(ev.get("finetune_strategy", d.strategy)), precision=str(ev.get("finetune_precision", d.precision)),
         seed=seed)
@@ -152,9 +240,11 @@ def _check_splits(train: Split, test: Split, tiles_dir: Path, in_chans: int, enc
         raise EvalError(f"dataset {tiles_dir} has {c} bands but encoder {enc_path} expects {in_chans}")
 
 
-def run_evaluate(cfg: dict, protocol: str, model: str, dataset: str, encoder_path, out_json) -> dict:
+def run_evaluate(cfg: dict, protocol: str, model: str, dataset: str, encoder_path, out_json,
+                 train_ratio: float | None = None) -> dict:
     """Evaluate ``model``'s pretrained encoder and its random-init twin on ``dataset``; returns the record
-    written to ``out_json`` (see the module docstring)."""
+    written to ``out_json`` (see the module docstring). ``train_ratio``: re-split the labelled tiles at that
+    ratio (stratified, seeded) instead of using the tiles' own train/test split."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown evaluation protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
     if protocol not in IMPLEMENTED:
@@ -165,8 +255,10 @@ def run_evaluate(cfg: dict, protocol: str, model: str, dataset: str, encoder_pat
     if not encoder_path.is_file():
         raise FileNotFoundError(f"encoder checkpoint {encoder_path} does not exist (run pretraining for "
                                 f"model {model!r} first)")
-    ev = dict(cfg.get("evaluate") or {})
-    pool = str(ev.get("pool", "mean"))
+    from geofm.config import section_defaults
+
+    ev = {**section_defaults("evaluate"), **(cfg.get("evaluate") or {})}
+    pool = str(ev["pool"])
     if pool not in ("mean", "cls"):
         raise EvalError(f"evaluate.pool must be 'mean' or 'cls', got {pool!r}")
     device = ev.get("device") or cfg.get("device") or "auto"
@@ -179,13 +271,13 @@ def run_evaluate(cfg: dict, protocol: str, model: str, dataset: str, encoder_pat
         _, dev = launch.init(device)
         device, started_pg = dev, True
     try:
-        return _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, pool, device)
+        return _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, pool, device, train_ratio)
     finally:
         if started_pg:
             launch.shutdown()
 
 
-def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, pool, device) -> dict:
+def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, pool, device, train_ratio=None) -> dict:
     seed = int(cfg.get("seed", 0))
     results = Path(cfg.get("results", "results"))
     tiles_dir = results / "tiles" / dataset
@@ -198,8 +290,15 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
     in_chans = int(meta.get("in_chans", 3))
     step = meta.get("step")
 
-    train, test = load_split(tiles_dir, "train"), load_split(tiles_dir, "test")
+    if train_ratio is None:
+        train, test = load_split(tiles_dir, "train"), load_split(tiles_dir, "test")
+        feat_ds = dataset
+    else:
+        train, test = resplit(tiles_dir, train_ratio, seed, dataset)
+        feat_ds = f"{dataset}.{ratio_tag(train_ratio)}"
     _check_splits(train, test, tiles_dir, in_chans, encoder_path)
+    mean, std, norm_src = normalisation(cfg, meta, train)
+    crop_pct = float(ev["crop_pct"])
     classes = train.classes
     n_classes = len(classes)
     bs = int(ev.get("batch_size", 256))
@@ -209,7 +308,8 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
     cache_dir = results / "eval" / "features"
     st = encoder_path.stat()
     stats_file = tiles_dir / "stats.json"
-    tiles_id = {"image_size": image_size, "pool": pool,
+    tiles_id = {"image_size": image_size, "pool": pool, "crop_pct": crop_pct, "norm": [mean, std],
+                "train_ratio": train_ratio,
                 "tiles_mtime_ns": stats_file.stat().st_mtime_ns if stats_file.exists() else None}
     fingerprints = {  # cached features are reused only for the same encoder file and the same tiles
         "pretrained": (step, {**tiles_id, "encoder_bytes": st.st_size, "encoder_mtime_ns": st.st_mtime_ns}),
@@ -230,11 +330,11 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
             from geofm.eval.finetune import finetune
 
             fcfg = finetune_config(ev, seed)
-            clf, history = finetune(enc, train.images, train.labels, n_classes, train.mean, train.std, image_size,
+            clf, history = finetune(enc, train.images, train.labels, n_classes, mean, std, image_size,
                                     fcfg, device=device)
             # logits of the test split, through the same (rank-split) path as the features
-            scores = extract_features(clf, test.images, train.mean, train.std, image_size, bs,
-                                      device=device).numpy()
+            scores = extract_features(clf, test.images, mean, std, image_size, bs, device=device,
+                                      crop_pct=crop_pct).numpy()
             used = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(fcfg).items()}
             extra_rec = {"train_history": history[-1:] if history else [],
                          "feature_dim": int(getattr(enc, "width", 0))}
@@ -242,17 +342,22 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
         else:
             fstep, extra = fingerprints[which]
             runner = shard_encoder(enc, device, pool) if shard else enc
+            run_pool = "mean" if shard else pool
+            augmented = (protocol == "linprobe" and bool(ev["linprobe_augment"])
+                         and str(ev["linprobe_solver"]).lower() != "logreg")
             feats = {}
-            for name, sp in (("train", train), ("test", test)):
-                key = cache_key(model, fstep, dataset, name, **extra)
+            for name, sp in ((("test", test),) if augmented else (("train", train), ("test", test))):
+                key = cache_key(model, fstep, feat_ds, name, **extra)
                 feats[name] = extract_features(
-                    runner, sp.images, train.mean, train.std, image_size, bs, device=device,
+                    runner, sp.images, mean, std, image_size, bs, device=device,
                     cache_path=cache_file(cache_dir, key) if use_cache else None, cache_key=key,
-                    pool="mean" if shard else pool)
-            del runner
-            scores, used = _classifier_scores(protocol, ev, feats["train"], torch.as_tensor(train.labels),
-                                              feats["test"], n_classes, seed)
-            extra_rec = {"feature_dim": int(feats["train"].shape[1])}
+                    pool=run_pool, crop_pct=crop_pct)
+            features_of = _augmented_features(runner, train.images, mean, std, image_size, bs, device, run_pool,
+                                              ev["linprobe_crop_scale"], seed) if augmented else None
+            scores, used = _classifier_scores(protocol, ev, feats.get("train"), torch.as_tensor(train.labels),
+                                              feats["test"], n_classes, seed, features_of)
+            del runner, features_of
+            extra_rec = {"feature_dim": int(feats["test"].shape[1])}
         del enc
         summary = summarize(scores, test.labels, classes)
         cm = summary.pop("confusion")
@@ -261,9 +366,14 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
         record[which] = {**summary, "n_train": int(len(train.labels)), "n_test": int(len(test.labels)),
                          **extra_rec, "seconds": round(time.perf_counter() - t0, 3)}
     record["checkpoint_step"] = step
+    record["train_ratio"] = train_ratio
     record["config"] = ev
     record["settings"] = {"image_size": image_size, "in_chans": in_chans, "seed": seed, "device": str(device),
-                          "pool": pool, "world_size": world, "classes": classes, **used}
+                          "pool": pool, "world_size": world, "classes": classes, "crop_pct": crop_pct,
+                          "normalisation": {"mean": mean, "std": std, "from": norm_src},
+                          "split": ("the tiles' own split" if train_ratio is None else
+                                    f"stratified, seeded: {train_ratio:.0%} of each class trains, the rest tests"),
+                          **used}
     if rank != 0:  # rank 0 writes; the others return the same record
         return record
 

@@ -13,6 +13,7 @@ and strategy.
 from __future__ import annotations
 
 import zlib
+from functools import partial
 
 import numpy as np
 import torch
@@ -40,6 +41,11 @@ def sincos_pos_embed(dim: int, grid: int, cls_token: bool = True) -> torch.Tenso
     return torch.from_numpy(emb).float().unsqueeze(0)
 
 
+# MAE's norm_layer=partial(nn.LayerNorm, eps=1e-6) in every block, encoder and decoder (models_mae.py);
+# timm's Block would otherwise use nn.LayerNorm's default eps=1e-5
+layer_norm = partial(nn.LayerNorm, eps=1e-6)
+
+
 class ViTEncoder(nn.Module):
     def __init__(self, spec: ViTSpec, img_size: int, in_chans: int = 3, drop_path: float = 0.0):
         super().__init__()
@@ -52,10 +58,11 @@ class ViTEncoder(nn.Module):
         self.register_buffer("pos_embed", torch.empty(1, self.grid**2 + 1, spec.width), persistent=False)
         dpr = [drop_path * i / max(spec.depth - 1, 1) for i in range(spec.depth)]
         self.blocks = nn.ModuleList(
-            Block(spec.width, spec.heads, mlp_ratio=spec.mlp / spec.width, qkv_bias=True, drop_path=dpr[i])
+            Block(spec.width, spec.heads, mlp_ratio=spec.mlp / spec.width, qkv_bias=True, drop_path=dpr[i],
+                  norm_layer=layer_norm)
             for i in range(spec.depth)
         )
-        self.norm = nn.LayerNorm(spec.width, eps=1e-6)
+        self.norm = layer_norm(spec.width)
 
     @property
     def width(self) -> int:
@@ -103,9 +110,10 @@ class MAE(nn.Module):
         self.mask_token = nn.Parameter(torch.empty(1, 1, decoder_dim))
         self.register_buffer("decoder_pos_embed", torch.empty(1, self.encoder.grid**2 + 1, decoder_dim), persistent=False)
         self.decoder_blocks = nn.ModuleList(
-            Block(decoder_dim, decoder_heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(decoder_depth)
+            Block(decoder_dim, decoder_heads, mlp_ratio=4.0, qkv_bias=True, norm_layer=layer_norm)
+            for _ in range(decoder_depth)
         )
-        self.decoder_norm = nn.LayerNorm(decoder_dim, eps=1e-6)
+        self.decoder_norm = layer_norm(decoder_dim)
         self.decoder_pred = nn.Linear(decoder_dim, spec.patch**2 * in_chans)
 
     # -- masking -------------------------------------------------------------------------------------

@@ -133,6 +133,12 @@ def _read_json(path: Path):
         return None
 
 
+def _dataset_label(rec: dict, path: Path) -> str:
+    """The dataset, with its train ratio where the evaluation re-split at one (``ucmerced (50% train)``)."""
+    ds = rec.get("dataset", path.stem)
+    return f"{ds} ({rec['train_ratio']:.0%} train)" if rec.get("train_ratio") else ds
+
+
 def load_eval_results(results) -> pd.DataFrame:
     """One row per (protocol, model, dataset, init) from ``eval/*/*/*.json``."""
     rows = []
@@ -151,7 +157,7 @@ def load_eval_results(results) -> pd.DataFrame:
             rows.append({
                 "protocol": rec.get("protocol", path.parent.parent.name), "model": model,
                 "display_name": display(model), "params": param_count(model, image_size, in_chans),
-                "dataset": rec.get("dataset", path.stem), "init": label,
+                "dataset": _dataset_label(rec, path), "init": label,
                 "top1": r.get("top1"), "top5": r.get("top5"), "n_train": r.get("n_train"),
                 "n_test": r.get("n_test"), "checkpoint_step": rec.get("checkpoint_step"),
                 "image_size": image_size, "path": str(path)})

@@ -32,7 +32,7 @@ def crop_boxes(n: int, size: int, gen: torch.Generator, scale=(0.2, 1.0), ratio=
 
 def resized_crop(images: torch.Tensor, boxes: torch.Tensor | None, out: int,
                  flips: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample crop (boxes rounded to whole pixels) + antialiased bilinear resize (+ flip); ``boxes=None``
+    """Per-sample crop (boxes rounded to whole pixels) + antialiased bicubic resize (+ flip); ``boxes=None``
     resizes the whole image.  uint8 stays uint8 on CPU (see :func:`geofm.data.augment.resized_crop`)."""
     return _resized_crop(images, boxes, out, flips)
 

@@ -49,7 +49,7 @@ class TrainConfig:
     warmup_steps: int = 10
     weight_decay: float = 0.05
     betas: tuple = (0.9, 0.95)
-    grad_clip: float = 1.0
+    grad_clip: float = 0.0  # MAE does not clip; > 0 clips the global gradient norm
     mask_ratio: float = 0.75
     norm_pix_loss: bool = False
     decoder_dim: int = 512
@@ -93,12 +93,24 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float):
+    """MAE's groups (main_pretrain.py: ``optim_factory.add_weight_decay(model, weight_decay)``, timm's rule
+    with no skip list): no weight decay on biases and 1-d parameters (norms); every matrix and the cls and
+    mask tokens are decayed."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "token" in name else decay).append(p)
+        (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _pretrain_split(data: str) -> str | None:
+    """The tiles pretraining reads: the training split, or every tile where the tiler says so
+    (``stats.json: "pretrain_split": null``, e.g. MillionAID: the whole release)."""
+    stats = Path(data) / "stats.json"
+    if data == "synthetic" or not stats.is_file():
+        return "train"
+    return json.loads(stats.read_text()).get("pretrain_split", "train")
 
 
 def build_model(cfg: TrainConfig, world_size: int, device: torch.device):
@@ -167,7 +179,8 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
             _trim_metrics(metrics_path, start)
     writer = metrics.MetricsWriter(metrics_path, enabled=de.is_main, append=start > 0)
     data = StepBatches(cfg.data, cfg.batch_size, cfg.image_size, rank, world, cfg.seed, cfg.augment,
-                       cfg.in_chans, start=start, steps=cfg.steps, augment_on_device=cfg.augment_on_device)
+                       cfg.in_chans, split=_pretrain_split(cfg.data), start=start, steps=cfg.steps,
+                       augment_on_device=cfg.augment_on_device)
     if data.in_chans != cfg.in_chans:
         raise ValueError(f"{cfg.data}: tiles have {data.in_chans} bands but the model was built for {cfg.in_chans}")
     loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=cfg.num_workers,
@@ -248,6 +261,9 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         enc = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
         enc = {k.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", ""): v for k, v in enc.items()}
         meta = {"model": cfg.model, "step": cfg.steps, "image_size": cfg.image_size, "in_chans": cfg.in_chans}
+        if not data.synthetic:  # evaluation normalises with the pretraining set's statistics
+            meta["norm"] = {"mean": [float(v) for v in data.ds.stats["mean"]],
+                            "std": [float(v) for v in data.ds.stats["std"]], "tiles": str(cfg.data)}
         tmp = out_dir / "encoder.pt.tmp"
         torch.save({"meta": meta, "state_dict": enc}, tmp)
         os.replace(tmp, out_dir / "encoder.pt")
