@@ -120,14 +120,18 @@ def test_uint8_resized_crop_matches_float_reference():
     x = torch.randint(0, 256, (6, 3, 40, 36), dtype=torch.uint8, generator=g)
     boxes, flips = sample_augment(6, 40, 36, g)
     flips[:3] = torch.tensor([True, False, True])
-    out8 = resized_crop(x, boxes, 24, flips)
-    outf = resized_crop(x.float(), boxes, 24, flips)
+    out8 = resized_crop(x, boxes, 24, flips, mode="bilinear")
+    outf = resized_crop(x.float(), boxes, 24, flips, mode="bilinear")
     assert out8.dtype == torch.uint8 and outf.dtype == torch.float32 and out8.shape == (6, 3, 24, 24)
     assert (out8.float() - outf).abs().max() <= 1.01  # fixed-point weights + rounding
+    # bicubic (the default, MAE's): the uint8 kernel clamps between its two passes, as PIL does
+    cub8, cubf = resized_crop(x, boxes, 24, flips), resized_crop(x.float(), boxes, 24, flips)
+    assert (cub8.float() - cubf.clamp(0, 255)).abs().mean() <= 0.5
+    outf = cubf
     ib = integer_boxes(boxes, 40, 36)
     assert (ib[:, 2:] >= 1).all() and (ib[:, 0] + ib[:, 2] <= 36).all() and (ib[:, 1] + ib[:, 3] <= 40).all()
     x0, y0, w, h = ib[0].tolist()
-    crop = torch.nn.functional.interpolate(x[:1, :, y0:y0 + h, x0:x0 + w].float(), size=(24, 24), mode="bilinear",
+    crop = torch.nn.functional.interpolate(x[:1, :, y0:y0 + h, x0:x0 + w].float(), size=(24, 24), mode="bicubic",
                                            antialias=True)
     torch.testing.assert_close(outf[:1], crop.flip(-1))
     # 13 bands (more than the 4 of the vectorised kernel) work too

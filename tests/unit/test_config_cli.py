@@ -26,7 +26,15 @@ def test_shipped_configs_validate(name):
 def test_paper_config_has_the_study():
     cfg = load_config(ROOT / "config/config.yaml")
     assert cfg["models"] == ["vit_base", "vit_huge", "vit_1b", "vit_3b", "vit_5b", "vit_15b"]
-    assert set(cfg["eval_datasets"]) == {"ucmerced", "aid", "resisc45", "eurosat"}
+    assert set(cfg["eval_datasets"]) == {"millionaid", "ucmerced", "aid", "resisc45", "eurosat"}
+    ds = cfg["datasets"]
+    assert ds["millionaid"]["format"] == "millionaid_zip" and ds["millionaid"]["expected_images"] == 1_000_848
+    ratios = {k: ds[k].get("train_ratios") for k in ("ucmerced", "aid", "resisc45")}
+    assert ratios == {"ucmerced": [0.5, 0.8], "aid": [0.2, 0.5], "resisc45": [0.1, 0.2]}
+    ev = cfg["evaluate"]
+    assert (ev["pool"], ev["linprobe_solver"], ev["linprobe_lr"], ev["linprobe_epochs"], ev["linprobe_batch_size"],
+            ev["linprobe_augment"], ev["crop_pct"]) == ("cls", "lars", 0.1, 90, 16384, True, 0.875)
+    assert cfg["pretrain"]["grad_clip"] == 0.0
     assert {"DDP", "NO_SHARD", "SHARD_GRAD_OP", "FULL_SHARD", "HYBRID_16GPUs"} <= set(cfg["profile"]["strategies"])
     assert cfg["image_size"] == 224
 
