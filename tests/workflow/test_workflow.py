@@ -126,6 +126,11 @@ def test_paper_study_dry_run_lists_every_job(tmp_path):
                   ("pretrain", "evaluate", "profile", "download", "tile"))
     # profile: 6 models x 9 strategies x 8 node counts (base) + the variants of config/config.yaml:
     # noprefetch and prefetch2 (ViT-5B, 3 strategies, 8 nodes: 3 + 3) and compile (6 models x 2 x 2: 24)
-    assert counts == {"download": "5", "tile": "5", "pretrain": "6", "evaluate": "72", "profile": "462"}
+    # evaluate: 3 protocols x 6 models x (MillionAID + UC Merced at 50/80 % + AID at 20/50 % + NWPU-RESISC45 at
+    # 10/20 % + EuroSAT) = 3 x 6 x 8
+    assert counts == {"download": "5", "tile": "5", "pretrain": "6", "evaluate": "144", "profile": "462"}
+    for stem in ("millionaid", "ucmerced.tr50", "ucmerced.tr80", "aid.tr20", "aid.tr50", "resisc45.tr10",
+                 "resisc45.tr20", "eurosat"):
+        assert f"results/eval/linprobe/vit_base/{stem}.json" in text
     assert "results/profile/vit_5b/HYBRID_16GPUs/8n.noprefetch.json" in text
     assert "results/profile/vit_15b/HYBRID_8GPUs/8n.compile.json" in text
