@@ -11,6 +11,7 @@ with the mixed set's statistics. The random-init twin gets exactly the same trea
 seen in pretraining.
 """
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data"
+DATA = Path(os.environ.get("GEOFM_SHARED_DATA") or ROOT.parent / "shared" / "data")  # a worktree elsewhere: set it
 ZIPS = {"ucmerced": DATA / "ucmerced_subset.zip", "eurosat": DATA / "eurosat_rgb_subset.zip",
         "landsat7": DATA / "geotiff" / "RGB.byte.tif", "landsat8": DATA / "geotiff" / "landsat8_LC80200392015216LGN00_crop"}
 
