@@ -147,7 +147,9 @@ def test_cluster_dry_run_lists_every_job(dry_runs, site):
     pr = cfg["profile"]
     expected = {
         "download": len(used), "tile": len(used), "pretrain": len(cfg["models"]),
-        "evaluate": len(cfg["evaluate"]["protocols"]) * len(cfg["models"]) * len(cfg["eval_datasets"]),
+        # one evaluation per dataset, or one per train ratio where a dataset lists `train_ratios`
+        "evaluate": len(cfg["evaluate"]["protocols"]) * len(cfg["models"]) * sum(
+            len(cfg["datasets"][d].get("train_ratios") or [None]) for d in cfg["eval_datasets"]),
         "profile": sum(len([m for m in v.get("models", pr["models"]) if m in pr["models"]])
                        * len([s for s in v.get("strategies", pr["strategies"]) if s in pr["strategies"]])
                        * len([n for n in v.get("nodes", pr["nodes"]) if n in pr["nodes"]])
