@@ -50,6 +50,25 @@ def calibration_for(cfg: dict, cluster: Cluster, sources=None) -> Calibration:
     return calibrate(cells, workload_factory(cfg), cluster)
 
 
+_CLUSTERS: dict = {}
+
+
+def cell_feasibility(cfg: dict, model: str, strategy: str, nodes: int, settings: dict | None = None) -> tuple[str, float | None]:
+    """The verdict the DAG acts on for one profile cell: ("ok" | "impossible: …", predicted GB per GPU), with
+    the job's own geometry (nodes × profile.procs_per_node ranks) and the variant's ``settings`` (precision,
+    activation checkpointing, prefetch); memory limit ``profile.device_memory_gb``, else the cluster's."""
+    pr = cfg["profile"]
+    key = id(cfg)
+    if key not in _CLUSTERS:
+        _CLUSTERS.clear()
+        _CLUSTERS[key] = load_cluster(cfg)
+    mem = pr.get("device_memory_gb") or _CLUSTERS[key].memory_gb
+    over = {k: v for k, v in (settings or {}).items()
+            if k in ("precision", "activation_checkpointing", "backward_prefetch")}
+    w = Workload.from_config(cfg, model, **over)
+    return feasibility(w, strategy, nodes * pr.get("procs_per_node", 1), mem)
+
+
 def cell(w: Workload, strategy: str, nodes: int, cluster: Cluster, cal: Calibration, steps: int = 0) -> dict:
     world = nodes * cluster.gpus_per_node
     status, need = feasibility(w, strategy, world, cluster.memory_gb)
