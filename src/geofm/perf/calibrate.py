@@ -89,15 +89,15 @@ def project_one_node(results: Path, device_key: str) -> list[tuple[str, str, flo
     return out
 
 
-def calibrate(cells: list[tuple[str, str, str, float]], workload, cluster: Cluster) -> Calibration:
-    """``cells``: (source, model key, strategy, 1-node images/s); ``workload(model)`` -> Workload."""
+def calibrate(cells: list[tuple[str, str, str, float, Workload]], cluster: Cluster) -> Calibration:
+    """``cells``: (source, model key, strategy, 1-node images/s, the cell's Workload)."""
     cal = Calibration(cluster.compute_efficiency)
     per_model: dict[str, list[float]] = {}
     ddp: list[tuple[str, float]] = []
-    for src, model, strategy, ips in cells:
+    for src, model, strategy, ips, w in cells:
         try:
             parse_strategy(strategy)
-            e = implied_efficiency(workload(model), strategy, cluster, ips)
+            e = implied_efficiency(w, strategy, cluster, ips)
         except (ImpossibleStrategy, ValueError, KeyError):
             continue
         cal.cells.append((src, model, strategy, ips, e))
