@@ -66,9 +66,11 @@ def cell_feasibility(cfg: dict, model: str, strategy: str, nodes: int, settings:
     """The verdict the DAG acts on for one profile cell: ("ok" | "impossible: …", predicted GB per GPU), with
     the job's own geometry (nodes × profile.procs_per_node ranks) and the variant's ``settings`` (precision,
     activation checkpointing, prefetch); memory limit ``profile.device_memory_gb``, else the cluster's."""
+    import json
+
     pr = cfg["profile"]
-    key = id(cfg)
-    if key not in _CLUSTERS:
+    key = json.dumps([cfg.get("plan"), pr.get("device_memory_gb")], sort_keys=True, default=str)
+    if key not in _CLUSTERS:  # the DAG asks for hundreds of cells of one config
         _CLUSTERS.clear()
         _CLUSTERS[key] = load_cluster(cfg)
     mem = pr.get("device_memory_gb") or _CLUSTERS[key].memory_gb
