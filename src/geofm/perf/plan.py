@@ -7,7 +7,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..distributed.strategies import ImpossibleStrategy, parse_strategy
+from ..distributed.strategies import ImpossibleStrategy
 from ..models.registry import display_name, name_from_display
 from .calibrate import Calibration, calibrate, paper_one_node, project_one_node
 from .cluster import Cluster, load_cluster

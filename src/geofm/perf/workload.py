@@ -56,7 +56,6 @@ class Workload:
         n = num_patches(self.model, self.image_size)
         keep = int(n * (1 - self.mask_ratio))
         d, m, dd = s.width, s.mlp, self.decoder_dim
-        patch_dim = s.patch * s.patch * self.in_chans
 
         def block_params(w, h):
             return 2 * 2 * w + (3 * w * w + 3 * w) + (w * w + w) + (w * h + h) + (h * w + w)
