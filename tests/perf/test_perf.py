@@ -145,6 +145,17 @@ def test_collective_costs(frontier):
     assert comm.all_reduce(c, one, 4e9)[1] == "ring"
     # bandwidth: 1 GB all-gathered on one node at the ring's intra-node 50 GB/s
     assert comm.all_gather(c, one, 1e9) == pytest.approx(7 / 8 * 1e9 / 50e9, rel=0.01)
+    # hierarchical all-reduce only where the cluster's library offers it; then it wins at scale
+    world = comm.group_of(1024, 1, 8)
+    assert comm.all_reduce(c, world, 4e8)[1] in ("ring", "tree")
+    import dataclasses
+
+    # a library with ring and hierarchical (no tree): 1,024-rank ring latency (2,046 steps) loses to a
+    # reduce-scatter in the node + a 128-rank ring across nodes + an all-gather in the node
+    hier = dataclasses.replace(c, algorithms=("ring", "hierarchical"))
+    t, algo = comm.all_reduce(hier, world, 1e5)
+    assert algo == "hierarchical" and t < comm.ring_time(c, world, 1e5, 2) / 2
+    assert comm.all_reduce(dataclasses.replace(c, algorithms=("ring",)), world, 1e5)[1] == "ring"
 
 
 # ----------------------------------------------------------------------------- step model

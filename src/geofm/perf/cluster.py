@@ -35,6 +35,7 @@ class Cluster:
     tree_intra_lat: float
     tree_inter_lat: float
     compute_efficiency: float
+    algorithms: tuple = ("ring", "tree")
 
     def peak_flops(self, precision: str) -> float:
         return self.device.tflops(precision) * 1e12
@@ -67,6 +68,9 @@ def load_cluster(cfg: dict | None = None, name: str | None = None) -> Cluster:
             v = d[sect].get(k)
             if not isinstance(v, (int, float)) or v < 0 or (k == "bandwidth_gbs" and v == 0):
                 raise ClusterError(f"{where}.{sect}.{k}: missing or not a positive number")
+    algos = tuple(d["collective"].get("algorithms", ("ring", "tree")))
+    if not algos or set(algos) - {"ring", "tree", "hierarchical"}:
+        raise ClusterError(f"{where}.collective.algorithms: a list of ring, tree, hierarchical; got {list(algos)}")
     if d["device"] not in DEVICES:
         raise ClusterError(f"{where}.device: {d['device']!r} is not in the peak table ({', '.join(DEVICES)})")
     us = 1e-6
@@ -76,4 +80,4 @@ def load_cluster(cfg: dict | None = None, name: str | None = None) -> Cluster:
                    float(d["intra_node"]["bandwidth_gbs"]), d["intra_node"]["hop_latency_us"] * us,
                    float(d["inter_node"]["bandwidth_gbs"]), d["inter_node"]["hop_latency_us"] * us,
                    d["collective"]["base_latency_us"] * us, d["collective"]["tree_intra_hop_us"] * us,
-                   d["collective"]["tree_inter_hop_us"] * us, float(d["compute_efficiency"]))
+                   d["collective"]["tree_inter_hop_us"] * us, float(d["compute_efficiency"]), algos)

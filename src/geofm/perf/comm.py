@@ -67,7 +67,28 @@ def reduce_scatter(c: Cluster, g: Group, nbytes: float) -> float:
     return ring_time(c, g, nbytes, 1)
 
 
+def hierarchical_allreduce_time(c: Cluster, g: Group, nbytes: float) -> float:
+    """Reduce-scatter inside each node, all-reduce of the 1/per_node slice across nodes (one rank per node,
+    ring or tree), all-gather inside the node: what hierarchical libraries (e.g. PCCL, NCCL's CollNet/NVLS
+    paths) do. Offered to the tuner only where the cluster lists ``hierarchical`` under
+    ``collective.algorithms``: stock NCCL/RCCL run ring or tree."""
+    if g.size <= 1 or nbytes <= 0:
+        return 0.0
+    if g.nodes == 1 or g.per_node == 1:
+        return min(ring_time(c, g, nbytes, 2), tree_allreduce_time(c, g, nbytes))
+    local = Group(g.per_node, g.per_node, 1)
+    across = Group(g.nodes, 1, g.nodes)
+    part = nbytes / g.per_node
+    return (ring_time(c, local, nbytes, 1) + min(ring_time(c, across, part, 2), tree_allreduce_time(c, across, part))
+            + ring_time(c, local, nbytes, 1))
+
+
 def all_reduce(c: Cluster, g: Group, nbytes: float) -> tuple[float, str]:
-    """(seconds, algorithm): the faster of ring and tree, as NCCL's tuner picks."""
-    r, t = ring_time(c, g, nbytes, 2), tree_allreduce_time(c, g, nbytes)
-    return (r, "ring") if r <= t else (t, "tree")
+    """(seconds, algorithm): the fastest of the cluster's algorithms (ring and tree, as NCCL's tuner picks;
+    hierarchical where listed)."""
+    options = {"ring": ring_time(c, g, nbytes, 2), "tree": tree_allreduce_time(c, g, nbytes)}
+    if "hierarchical" in c.algorithms:
+        options["hierarchical"] = hierarchical_allreduce_time(c, g, nbytes)
+    options = {k: v for k, v in options.items() if k in c.algorithms} or options
+    algo = min(options, key=options.get)
+    return options[algo], algo
