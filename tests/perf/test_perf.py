@@ -272,3 +272,25 @@ def test_dag_skips_impossible_cells(tmp_path):
     assert counts == {"profile": str(370 + variants), "plan": "1"}  # the 62 impossible base cells are not jobs
     assert "results/profile/vit_15b/DDP/1n.json" not in res.stdout
     assert "results/profile/vit_15b/FULL_SHARD/1n.json" in res.stdout
+
+
+def test_figures_draw_the_plan_and_list_impossible_cells(cfg, tmp_path):
+    import pandas as pd
+
+    from geofm.perf.plan import plan_rows, write_plan
+    from geofm.plots import figures as F
+
+    write_plan(plan_rows(cfg), tmp_path / "plan" / "plan.csv")
+    plan = F.load_plan(tmp_path)
+    paper = F.load_reference("weak_scaling")
+    res = F.plot_paper_weak_scaling(paper, pd.DataFrame(), tmp_path / "fig.png", plan)
+    drawn = res.data[res.data["source"] == F.PLAN]
+    paper_keys = set(zip(paper["model"], paper["strategy"], paper["nodes"]))
+    assert set(zip(drawn["model"], drawn["strategy"], drawn["nodes"])) == paper_keys  # every paper cell predicted
+    assert "plan: FULL_SHARD" in res.labels and "paper: FULL_SHARD" in res.labels
+    listed = F.with_impossible_cells(F.load_profile(tmp_path), cfg)
+    assert len(listed) == 62 and not listed["ok"].any()
+    assert (listed["status"].str.startswith("impossible: needs ~")).sum() == 56
+    best = F.best_strategy(listed)
+    row = best[(best["model"] == "vit_15b") & (best["nodes"] == 1)].iloc[0]
+    assert row["strategies_impossible"] == "DDP;NO_SHARD;HYBRID_1GPU;HYBRID_2GPUs;HYBRID_16GPUs"
