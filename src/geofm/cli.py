@@ -20,7 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import ConfigError, digest, load_config, rule_params
+from .provenance import provenance
 
 
 def _in_distributed_env() -> bool:
@@ -42,7 +43,7 @@ def _relaunch(nprocs: int, argv: list[str]) -> int:
 def _train_config(cfg: dict, model: str, data: str, section: dict, **over) -> "TrainConfig":
     from .train.pretrain import TrainConfig
 
-    d = {k: v for k, v in section.items() if k not in ("nodes", "procs_per_node", "runtime_min", "models",
+    d = {k: v for k, v in section.items() if k not in ("nodes", "procs_per_node", "runtime_min", "protect", "models",
                                                         "strategies", "device_memory_gb", "warmup_steps_profile")}
     d.update(over)
     return TrainConfig.from_dict({**d, "model": model, "image_size": cfg["image_size"], "data": data,
@@ -126,6 +127,7 @@ def cmd_profile(args, cfg, argv):
     rec = profile_run(tc, args.nodes, pr.get("warmup_steps", 2), pr.get("steps", 5), pr.get("device_memory_gb"),
                       variant=variant, variant_settings=own)
     if detect().rank == 0:
+        rec["provenance"] = provenance(digest(rule_params(cfg, "profile", model=args.model, variant=variant)))
         write_json(rec, args.out)
         print(json.dumps({k: rec.get(k) for k in ("model", "strategy", "nodes", "variant", "status", "images_per_s",
                                                   "mfu", "comm_share")}))

@@ -27,8 +27,10 @@ from ..distributed.parallelize import (apply_activation_checkpointing, apply_com
                                        parse_strategy, wrap_ddp)
 from ..models.mae import build_mae, materialize
 from ..models.registry import count_params, num_patches
+from ..provenance import provenance
 from . import flops, metrics
 from .batches import StepBatches, mask_noise
+from .fingerprint import fingerprint, resumable_step
 
 
 class NonFiniteLoss(RuntimeError):
@@ -157,7 +159,8 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     # job deletes first); it is copied to metrics.jsonl when the run completes
     metrics_path = out_dir / "run" / "metrics.jsonl"
     start = 0
-    latest = ckpt.latest_step(ckpt_dir)
+    fp = fingerprint(cfg)  # only a checkpoint of the same fingerprint, of an unfinished run, is resumed
+    latest = resumable_step(ckpt_dir, fp, cfg.steps, de.is_main, metrics.log)
     if latest is not None:
         extra = ckpt.load(ckpt_dir, latest, model, opt)
         start = int(extra["step"])
@@ -237,17 +240,19 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
             metrics.log(metrics.progress_line(done, cfg.steps, loss_val, ips, rec["mfu"], now - t0))
         if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps:
             ckpt.save(ckpt_dir, done, model, opt, {"step": done, "world_size": world, "strategy": cfg.strategy,
-                                                   "model": cfg.model}, cfg.keep_last)
+                                                   "model": cfg.model, "fingerprint": fp}, cfg.keep_last)
     writer.close()
     summary = {"model": cfg.model, "params": count_params(cfg.model, cfg.image_size, cfg.in_chans),
                "steps": cfg.steps, "final_loss": loss_val, "world_size": world, "strategy": cfg.strategy,
                "flops_per_image": fl_img, "peak_tflops": peak, "peak_source": peak_src,
-               "device": metrics.device_name(device), "resumed_from": start}
+               "device": metrics.device_name(device), "resumed_from": start, "fingerprint": fp,
+               "provenance": provenance(fp)}
     state = ckpt.full_model_state(model)  # a collective: every rank takes part
     if de.is_main:
         enc = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
         enc = {k.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", ""): v for k, v in enc.items()}
-        meta = {"model": cfg.model, "step": cfg.steps, "image_size": cfg.image_size, "in_chans": cfg.in_chans}
+        meta = {"model": cfg.model, "step": cfg.steps, "image_size": cfg.image_size, "in_chans": cfg.in_chans,
+                "fingerprint": fp}
         tmp = out_dir / "encoder.pt.tmp"
         torch.save({"meta": meta, "state_dict": enc}, tmp)
         os.replace(tmp, out_dir / "encoder.pt")
