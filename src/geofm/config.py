@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import json
 from importlib import resources as ir
@@ -29,7 +30,9 @@ def schema_path() -> Path:
     return Path(str(ir.files("geofm").joinpath("config.schema.yaml")))
 
 
+@functools.lru_cache(maxsize=1)
 def schema() -> dict:
+    """The parsed schema, read once per process (rule_params runs for every job of the DAG); do not mutate."""
     return yaml.safe_load(schema_path().read_text())
 
 

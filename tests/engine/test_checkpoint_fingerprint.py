@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 from enginelib import TINY, losses, run_ranks
 from geofm.train.fingerprint import fingerprint
 from geofm.train.pretrain import TrainConfig
+
+pytestmark = pytest.mark.slow
 
 RUN = {**TINY, "steps": 6, "checkpoint_every": 2, "keep_last": 5, "strategy": "NO_SHARD"}
 
@@ -79,16 +79,3 @@ def test_same_config_resumes_an_unfinished_run(tmp_path):
     b = losses(out)
     for step in (5, 6):
         assert b[step] == pytest.approx(ref[step], rel=1e-4, abs=1e-5)
-
-
-def test_a_finished_run_is_trained_again(tmp_path):
-    """What `snakemake --forcerun pretrain` does: the job finds its own config's finished run and retrains."""
-    out = tmp_path / "run"
-    train(out)
-    first = losses(out)
-    train(out)
-    assert summary(out)["resumed_from"] == 0
-    again = losses(out)
-    assert sorted(again) == list(range(1, 7)) and again[1] == pytest.approx(first[1], rel=1e-5)
-    [moved] = aside(out)
-    assert (moved / "step-0000006" / ".complete").exists()
