@@ -1,7 +1,6 @@
 """A pretraining job resumes only a checkpoint of its own config, and only an unfinished run's."""
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
