@@ -94,11 +94,11 @@ def apply_activation_checkpointing(model: nn.Module, every: int) -> None:
                 blocks[i] = checkpoint_wrapper(blocks[i], preserve_rng_state=False)
 
 
-def apply_compile(model: nn.Module) -> None:
+def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
     """``torch.compile`` each transformer block (repeated structure compiles once)."""
     for blocks in transformer_blocks(model):
         for i in range(len(blocks)):
-            blocks[i] = torch.compile(blocks[i], dynamic=False)
+            blocks[i] = torch.compile(blocks[i], dynamic=False, backend=backend)
 
 
 def build_mesh(strategy: Strategy, world_size: int, device_type: str):

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from ..distributed import checkpoint as ckpt
 from ..distributed import launch
