@@ -8,7 +8,6 @@ A NaN/inf loss stops the run with a clear message; the last good checkpoint stay
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -19,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from ..distributed import checkpoint as ckpt
 from ..distributed import launch
@@ -31,10 +29,9 @@ from ..provenance import provenance
 from . import flops, metrics
 from .batches import StepBatches, mask_noise
 from .fingerprint import fingerprint, resumable_step
+from .step import NonFiniteLoss, StepOptions, train_step
 
-
-class NonFiniteLoss(RuntimeError):
-    pass
+__all__ = ["NonFiniteLoss", "TrainConfig", "build_model", "param_groups", "step_options", "train"]
 
 
 @dataclass
@@ -123,6 +120,11 @@ def build_model(cfg: TrainConfig, world_size: int, device: torch.device):
     return model, autocast
 
 
+def step_options(cfg: TrainConfig, autocast: bool) -> StepOptions:
+    return StepOptions(mask_ratio=cfg.mask_ratio, grad_accum=cfg.grad_accum, grad_clip=cfg.grad_clip,
+                       autocast=autocast)
+
+
 def _mae(model):
     return model.module if hasattr(model, "module") else model
 
@@ -181,8 +183,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
                                              cfg.decoder_dim, cfg.decoder_depth)
     peak, peak_src = metrics.peak_tflops(device, cfg.precision)
     metrics.reset_peak_memory(device)
-    local_b = cfg.batch_size // world
-    micro_b = local_b // cfg.grad_accum
+    sopts = step_options(cfg, use_autocast)
     t0 = time.perf_counter()
     last = time.perf_counter()
     loss_val = float("nan")
@@ -193,37 +194,14 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
             g["lr"] = lr
         x = x.to(device, non_blocking=True)
         noise = mask_noise(cfg.seed, step, 0, cfg.batch_size, n_patch, rank, world).to(device)
-        loss_sum = torch.zeros((), device=device)
-        for m in range(cfg.grad_accum):
-            sl = slice(m * micro_b, (m + 1) * micro_b)
-            last_micro = m == cfg.grad_accum - 1
-            sync_ctx = contextlib.nullcontext()
-            if hasattr(model, "set_requires_gradient_sync"):
-                model.set_requires_gradient_sync(last_micro)
-            elif hasattr(model, "no_sync") and not last_micro:
-                sync_ctx = model.no_sync()
-            with sync_ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
-                loss = model(x[sl], cfg.mask_ratio, noise[sl])[0]
-                if step == cfg.fail_at_step:
-                    loss = loss * float("nan")
-                (loss / cfg.grad_accum).backward()
-            loss_sum += loss.detach() / cfg.grad_accum
-        if world > 1:
-            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG if device.type == "cuda" else dist.ReduceOp.SUM)
-            if device.type != "cuda":
-                loss_sum /= world
-        loss_val = float(loss_sum)
-        if not math.isfinite(loss_val):
+        try:
+            res = train_step(model, opt, x, noise, sopts, world, poison=step == cfg.fail_at_step)
+        except NonFiniteLoss as exc:
             last_ok = ckpt.latest_step(ckpt_dir)
-            raise NonFiniteLoss(f"loss is {loss_val} at step {step} of {cfg.model}; stopped. The last good "
-                                f"checkpoint is {ckpt.step_dir(ckpt_dir, last_ok) if last_ok is not None else 'none'}"
-                                f" (lower pretrain.lr or enable grad clipping)")
-        grad_norm = float("nan")
-        if cfg.grad_clip > 0:
-            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            grad_norm = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(exc.loss, f"loss is {exc.loss} at step {step} of {cfg.model}; stopped. The last "
+                                f"good checkpoint is {ckpt.step_dir(ckpt_dir, last_ok) if last_ok is not None else 'none'}"
+                                f" (lower pretrain.lr or enable grad clipping)") from None
+        loss_val, grad_norm = res.loss, res.grad_norm
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         now = time.perf_counter()
