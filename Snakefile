@@ -37,6 +37,7 @@ include: "workflow/rules/tiles.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/profile.smk"
+include: "workflow/rules/plan.smk"
 include: "workflow/rules/figures.smk"
 
 

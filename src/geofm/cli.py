@@ -7,6 +7,7 @@
     geofm evaluate  --config C --protocol P --model M --dataset D --out F
     geofm profile   --config C --model M --strategy S --nodes N [--variant V] --out F
     geofm figures   --config C
+    geofm plan      --config C --out plan.csv [--summary S.json] [--cluster NAME] [--validate]
 
 Multi-process stages (pretrain, profile) run as one rank each when started by torchrun or srun; started
 plainly with more than one process requested, they re-launch themselves under a local torchrun.
@@ -184,6 +185,65 @@ STAGES = {
                 "R/figures/*.png and R/tables/*.csv",
                 "geofm figures --config config/demo.yaml"),
 }
+PLAN_HELP = """Predict images/s, the step's parts (compute, exposed communication, optimizer), peak memory per GPU
+and node-hours of every model x strategy x node count of the config's profile grid on a described cluster
+(plan.cluster; Frontier and a generic 8x H100 InfiniBand cluster ship in geofm/perf/clusters.yaml, more under
+plan.clusters), before any allocation. Cells whose predicted memory exceeds the device's are marked
+"impossible: needs ~X GB of Y" (fits = False); the DAG skips them. The model is calibrated on 1-node figures
+only (the paper's, on Frontier, and this project's own 1-node profile results); its free parameters are
+printed. --validate scores it against the paper's multi-node Frontier measurements and peak memory."""
+
+
+def cmd_plan(args, cfg):
+    from .perf.cluster import load_cluster
+    from .perf.plan import (calibration_for, one_node_times_nodes, plan_rows, pretrain_node_hours, validate,
+                            validation_report, write_plan)
+
+    cluster = load_cluster(cfg, args.cluster)
+    cal = calibration_for(cfg, cluster)
+    rows = plan_rows(cfg, cluster, cal)
+    if args.out:
+        write_plan(rows, args.out)
+    ok = [r for r in rows if r["fits"]]
+    grid_nh = sum(r.get("profile_node_hours") or 0.0 for r in ok)
+    pre = pretrain_node_hours(cfg, cluster, cal)
+    pre_nh = sum(v["node_hours"] or 0.0 for v in pre.values())
+    print(f"cluster {cluster.name}: {cluster.description}")
+    print("\n".join(cal.describe()))
+    print(f"profile grid: {len(rows)} cells, {len(ok)} feasible, {len(rows) - len(ok)} impossible; "
+          f"predicted {grid_nh:,.1f} node-hours (feasible cells, {cfg['profile'].get('warmup_steps', 5)} + "
+          f"{cfg['profile'].get('steps', 20)} + 1 steps each plus the job overhead)")
+    pt = cfg["pretrain"]
+    for m, v in pre.items():
+        nh = f"{v['node_hours']:,.1f} node-hours ({v['images_per_s']:,.0f} img/s)" if v["node_hours"] is not None \
+            else v["status"]
+        print(f"pretrain {m}: {pt['strategy']} on {pt.get('nodes', 1)} nodes, {pt.get('steps', 0)} steps: {nh}")
+    print(f"study: {grid_nh + pre_nh:,.1f} node-hours (profile grid {grid_nh:,.1f} + pretraining {pre_nh:,.1f})")
+    summary = {"cluster": cluster.name, "cells": len(rows), "feasible": len(ok),
+               "impossible": [f"{r['model']}/{r['strategy']}/{r['nodes']}n: {r['status']}" for r in rows if not r["fits"]],
+               "profile_node_hours": grid_nh, "pretrain": pre, "pretrain_node_hours": pre_nh,
+               "study_node_hours": grid_nh + pre_nh,
+               "calibration": {"efficiency": cal.efficiency, "ddp_factor": cal.ddp_factor,
+                               "default_efficiency": cal.default_efficiency, "one_node_cells": len(cal.cells)}}
+    if args.validate:
+        v = validate(cfg)
+        naive = validate(cfg, one_node_times_nodes())
+        print("\nvalidation against the paper (Frontier; calibrated on its 1-node cells only):\n")
+        print(validation_report(v, naive))
+        summary["validation"] = {"fastest_named": v.fastest_named, "pairs": v.fastest_pairs,
+                                 "efficiency_mean_abs_diff_points": v.eff_mean_abs_diff_points,
+                                 "images_per_s_median_abs_err": v.ips_median_abs_err,
+                                 "memory_median_abs_err": v.memory_median_abs_err}
+    if args.summary:
+        from pathlib import Path as _P
+
+        p = _P(args.summary)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(p.suffix + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=2, default=str))
+        os.replace(tmp, p)
+    if args.out:
+        print(f"wrote {args.out}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,6 +284,16 @@ def main(argv: list[str] | None = None) -> int:
     add("evaluate", "protocol", "model", "dataset", "out")
     add("profile", "model", "strategy", "nodes", "variant", "out")
     add("figures")
+    sp = sub.add_parser("plan", help="predict throughput, memory and node-hours of the profile grid",
+                        description=PLAN_HELP)
+    sp.add_argument("--config", required=True, help="study config (e.g. config/config.yaml)")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value (YAML value), e.g. --set plan.cluster=h100_ib")
+    sp.add_argument("--out", help="plan CSV: one row per model x strategy x node count")
+    sp.add_argument("--summary", help="JSON with node-hours, impossible cells, calibration (and validation)")
+    sp.add_argument("--cluster", help="cluster to plan for (default: plan.cluster, frontier)")
+    sp.add_argument("--validate", action="store_true",
+                    help="print the validation against the paper's Frontier measurements (markdown tables)")
     args = ap.parse_args(argv)
     try:
         import yaml
@@ -245,12 +315,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(fn(args, cfg, argv) or 0)
     try:
         {"validate": cmd_validate, "download": cmd_download, "tile": cmd_tile, "evaluate": cmd_evaluate,
-         "figures": cmd_figures}[args.cmd](args, cfg)
+         "figures": cmd_figures, "plan": cmd_plan}[args.cmd](args, cfg)
     except Exception as exc:  # noqa: BLE001 - user-facing errors get one clear line, bugs a traceback
         from .data import DataError
         from .eval.stages import EvalError
 
-        if not isinstance(exc, (FileNotFoundError, ValueError, KeyError, DataError, EvalError)):
+        if not isinstance(exc, (FileNotFoundError, ValueError, KeyError, DataError, EvalError)):  # ClusterError: a ValueError
             raise
         print(f"geofm {args.cmd}: error: {exc}", file=sys.stderr)
         return 1

@@ -131,15 +131,25 @@ def profile_setting(wc, key, default=None):
     return (VARIANTS.get(profile_variant(wc)) or {}).get(key, PROF.get(key, default))
 
 
+def feasible_cells(models, strategies, nodes, settings=None):
+    """The (model, strategy, nodes) cells of a grid that can run: the memory model (geofm.perf.memory, the one
+    `geofm plan` and the profiler use) decides before any allocation; a cell that cannot fit, or whose shard
+    group does not divide the job, is not a job (the figures' tables list it as impossible)."""
+    from geofm.perf.plan import cell_feasibility
+
+    return [(m, s, n) for m in models for s in strategies for n in nodes
+            if cell_feasibility(config, m, s, int(n), settings)[0] == "ok"]
+
+
 def profile_outputs():
-    """Every profile cell: the base grid, then each variant over its part of the grid (its models,
+    """Every feasible profile cell: the base grid, then each variant over its part of the grid (its models,
     strategies and nodes are a subset of the grid's; geofm.config checks that before any job)."""
-    out = expand(f"{RES}/profile/{{model}}/{{strategy}}/{{nodes}}n.json",
-                 model=PROF["models"], strategy=PROF["strategies"], nodes=PROF["nodes"])
+    out = [f"{RES}/profile/{m}/{s}/{n}n.json"
+           for m, s, n in feasible_cells(PROF["models"], PROF["strategies"], PROF["nodes"])]
     for name, v in VARIANTS.items():
         cells = {k: v.get(k, PROF[k]) for k in ("models", "strategies", "nodes")}
-        out += expand(f"{RES}/profile/{{model}}/{{strategy}}/{{nodes}}n.{name}.json",
-                      model=cells["models"], strategy=cells["strategies"], nodes=cells["nodes"])
+        out += [f"{RES}/profile/{m}/{s}/{n}n.{name}.json"
+                for m, s, n in feasible_cells(cells["models"], cells["strategies"], cells["nodes"], v)]
     return out
 
 
@@ -148,7 +158,7 @@ METRICS_OUT = expand(f"{RES}/pretrain/{{model}}/metrics.jsonl", model=MODELS)
 
 FIGURE_NAMES = ["accuracy_vs_size", "loss_curves", "throughput_per_strategy", "peak_memory",
                 "paper_weak_scaling", "paper_peak_memory", "paper_prefetch_vit5b", "prefetch_comparison",
-                "compile_ac_comparison"]
+                "compile_ac_comparison", "plan_weak_scaling"]
 TABLE_NAMES = ["accuracy", "profile", "best_strategy", "weak_scaling_efficiency"]
 FIGURES = [f"{RES}/figures/{n}.png" for n in FIGURE_NAMES]
 TABLES = [f"{RES}/tables/{n}.csv" for n in TABLE_NAMES]

@@ -8,6 +8,7 @@ rule figures:
         EVAL_OUT,
         METRICS_OUT,
         PROFILE_OUT,
+        f"{RES}/plan/plan.csv",
     output:
         [report(f, caption=f"../report/{Path(f).stem}.rst", category="Figures") for f in FIGURES],
         [report(t, caption="../report/tables.rst", category="Tables") for t in TABLES],

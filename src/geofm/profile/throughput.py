@@ -9,8 +9,10 @@ device, a step-time breakdown (data wait / forward / backward / optimizer, the l
 clipping) and the loader's own rate.
 With more than one rank, one extra step after the timed ones runs under ``torch.profiler`` to measure
 the communication share (see :func:`comm_share_from_profile`). A combination that cannot run (a shard
-group larger than the job, a model whose training state alone cannot fit the device) is written as
-``status: impossible: …``.
+group larger than the job, a model whose predicted peak memory exceeds ``device_memory_gb``: the memory model
+of ``geofm.perf.memory``, the same one that keeps such cells out of the DAG) is written as
+``status: impossible: …`` before anything is allocated. The record names the peak it used for MFU
+(``peak_tflops``, ``peak_source``: the device row of ``geofm.profile.peaks`` and the dtype).
 
 A run belongs to a *variant* of the grid (``profile.variants`` in the config; ``base`` = the profile
 section's own settings): the record carries the variant's name, its overrides and the effective settings.
@@ -28,39 +30,31 @@ import torch.distributed as dist
 
 from ..config import PROFILE_VARIANT_KEYS
 from ..distributed import launch
-from ..distributed.parallelize import ImpossibleStrategy, parse_strategy
 from ..models.registry import count_params, display_name, num_patches
+from ..perf import memory
+from ..perf.workload import Workload
 from ..train import flops, metrics
 from ..train.batches import StepBatches, mask_noise
 from ..train.pretrain import TrainConfig, build_model, param_groups, step_options
 from ..train.step import PhaseTimer, train_step
 
-BYTES_PER_PARAM_STATE = 16  # fp32 master weights 4 + fp32 grads 4 + Adam moments 8
 VARIANT_KEYS = PROFILE_VARIANT_KEYS
 # collective names, compared with underscores removed ("all_gather" and c10d's "allgather" alike)
 COLLECTIVES = ("allgather", "reducescatter", "allreduce", "broadcast")
 STEP_RANGE = "geofm::profiled_step"
 
 
-def state_gb_per_device(model: str, strategy: str, world: int, image_size: int, in_chans: int = 3) -> float:
-    """Training-state memory per device (weights, grads, Adam), ignoring activations: a lower bound."""
-    strat = parse_strategy(strategy)
-    shard = 1 if strat.kind == "ddp" else (world if strat.shard_size is None else strat.shard_size)
-    return count_params(model, image_size, in_chans) * BYTES_PER_PARAM_STATE / shard / 2**30
+def workload_of(cfg: TrainConfig, world: int) -> Workload:
+    """The run as the memory and performance models see it (``geofm.perf``)."""
+    return Workload(cfg.model, cfg.image_size, cfg.in_chans, cfg.mask_ratio, cfg.decoder_dim, cfg.decoder_depth,
+                    max(1, cfg.batch_size // max(world, 1)), cfg.precision, cfg.activation_checkpointing,
+                    cfg.backward_prefetch)
 
 
-def feasibility(model: str, strategy: str, world: int, image_size: int, device_memory_gb: float | None) -> str:
-    strat = parse_strategy(strategy)
-    try:
-        strat.mesh_shape(world)
-    except ImpossibleStrategy as exc:
-        return f"impossible: {exc}"
-    if device_memory_gb:
-        need = state_gb_per_device(model, strategy, world, image_size)
-        if need > device_memory_gb:
-            return (f"impossible: weights+grads+Adam state alone need {need:.1f} GB per device "
-                    f"> {device_memory_gb:g} GB")
-    return "ok"
+def feasibility(cfg: TrainConfig, world: int, device_memory_gb: float | None) -> tuple[str, float | None]:
+    """("ok" | "impossible: …", predicted peak GB per device), decided before anything is allocated by the
+    memory model the DAG and ``geofm plan`` use (``geofm.perf.memory``)."""
+    return memory.feasibility(workload_of(cfg, world), cfg.strategy, world, device_memory_gb)
 
 
 def _sync(device: torch.device) -> None:
@@ -196,7 +190,9 @@ def profile_run(cfg: TrainConfig, nodes: int, warmup_steps: int, steps: int, dev
             "data": "synthetic" if cfg.data == "synthetic" else "real",
             "device": metrics.device_name(device), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "host": os.uname().nodename}
-    status = feasibility(cfg.model, cfg.strategy, world, cfg.image_size, device_memory_gb)
+    status, need = feasibility(cfg, world, device_memory_gb)
+    base["predicted_peak_mem_gb"] = need
+    base["device_memory_gb"] = device_memory_gb
     if status != "ok":
         launch.shutdown()
         return {**base, "status": status}
@@ -282,7 +278,7 @@ def profile_run(cfg: TrainConfig, nodes: int, warmup_steps: int, steps: int, dev
            "images_per_s": med, "images_per_s_std": statistics.pstdev(ips) if len(ips) > 1 else 0.0,
            "images_per_s_min": min(ips), "images_per_s_max": max(ips),
            "tflops": med * fl_img / world / 1e12, "mfu": metrics.mfu(med * fl_img / world, peak),
-           "peak_tflops": peak, "peak_source": peak_src, "flops_per_image": fl_img,
+           "peak_tflops": peak, "peak_source": peak_src, "peak_precision": cfg.precision, "flops_per_image": fl_img,
            "peak_mem_gb": float(memt[0]), "peak_reserved_gb": float(memt[1]),
            "data_s": float(parts[0]), "forward_s": float(parts[1]), "backward_s": float(parts[2]),
            "optimizer_s": float(parts[3]),
