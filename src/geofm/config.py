@@ -314,6 +314,11 @@ def rule_params(cfg: dict, rule: str, dataset: str | None = None, model: str | N
             eff["dataset"] = cfg["pretrain_dataset"]
         out = {"model": model, "spec": _spec(model), "image_size": cfg.get("image_size"), "seed": cfg.get("seed", 0),
                **eff}
+    elif rule == "plan":  # geofm.perf reads the profile grid, the pretraining plan and the models' shapes
+        names = sorted(set(cfg["profile"]["models"]) | set(cfg["models"]))
+        out = {"plan": section_keys(cfg, "plan"), "profile": section_keys(cfg, "profile"),
+               "pretrain": section_keys(cfg, "pretrain"), "specs": {m: _spec(m) for m in names},
+               "image_size": cfg.get("image_size"), "paper_reference": _reference_tables()}
     elif rule == "figures":
         out = {"paper_reference": _reference_tables()}
     else:
