@@ -21,7 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import ConfigError, digest, load_config, rule_params
+from .provenance import provenance
 
 
 def _in_distributed_env() -> bool:
@@ -43,7 +44,7 @@ def _relaunch(nprocs: int, argv: list[str]) -> int:
 def _train_config(cfg: dict, model: str, data: str, section: dict, **over) -> "TrainConfig":
     from .train.pretrain import TrainConfig
 
-    d = {k: v for k, v in section.items() if k not in ("nodes", "procs_per_node", "runtime_min", "models",
+    d = {k: v for k, v in section.items() if k not in ("nodes", "procs_per_node", "runtime_min", "protect", "models",
                                                         "strategies", "device_memory_gb", "warmup_steps_profile")}
     d.update(over)
     return TrainConfig.from_dict({**d, "model": model, "image_size": cfg["image_size"], "data": data,
@@ -127,6 +128,7 @@ def cmd_profile(args, cfg, argv):
     rec = profile_run(tc, args.nodes, pr.get("warmup_steps", 2), pr.get("steps", 5), pr.get("device_memory_gb"),
                       variant=variant, variant_settings=own)
     if detect().rank == 0:
+        rec["provenance"] = provenance(digest(rule_params(cfg, "profile", model=args.model, variant=variant)))
         write_json(rec, args.out)
         print(json.dumps({k: rec.get(k) for k in ("model", "strategy", "nodes", "variant", "status", "images_per_s",
                                                   "mfu", "comm_share")}))
@@ -148,6 +150,41 @@ def cmd_figures(args, cfg):
         print(p)
 
 
+# What each stage reads, writes and does, with one example: `geofm <stage> --help` (R: results, S: resources).
+STAGES = {
+    "validate": ("check a config file against the schema and its cross-references; writes nothing",
+                 "reads the config file; prints its model and dataset counts, or the offending key path, the bad "
+                 "value and what is allowed",
+                 "geofm validate --config config/config.yaml"),
+    "download": ("fetch, copy or synthesize one dataset and verify its checksums",
+                 "reads datasets.<D> (url / path / synthetic settings); writes S/raw/<D>/ and "
+                 "S/raw/<D>/download.json (files, sha256, bytes); resumes and retries downloads",
+                 "geofm download --config config/demo.yaml --dataset demo_scenes"),
+    "tile": ("cut scenes into tiles / pack classification images into uint8 shards",
+             "reads S/raw/<D>/ and datasets.<D> (tile_size, stride, splits); writes R/tiles/<D>/: shard-*.npy, "
+             "manifest.parquet (GeoParquet), stats.json (band mean/std), rejected.csv",
+             "geofm tile --config config/demo.yaml --dataset demo_scenes"),
+    "pretrain": ("MAE pretraining of one model under the config's FSDP2 strategy",
+                 "reads R/tiles/<pretrain_dataset>/ and the pretrain section; writes R/pretrain/<M>/: "
+                 "checkpoints/ (sharded DCP), metrics.jsonl, encoder.pt, summary.json; resumes a checkpoint of the "
+                 "same config fingerprint whose run is unfinished, else moves old checkpoints aside and starts at "
+                 "step 0; starts its own ranks with torchrun when more than one is configured",
+                 "geofm pretrain --config config/demo.yaml --model demo_tiny"),
+    "evaluate": ("scene classification with the pretrained encoder and the same encoder at random init",
+                 "reads R/pretrain/<M>/encoder.pt, R/tiles/<D>/ and the evaluate section; writes --out (top-1, "
+                 "top-5, per class, provenance) and its .confusion.csv/.png; protocols linprobe, knn, finetune",
+                 "geofm evaluate --config config/demo.yaml --protocol knn --model demo_tiny "
+                 "--dataset demo_landcover --out results/eval/knn/demo_tiny/demo_landcover.json"),
+    "profile": ("throughput and memory of the training step for one model x strategy x node count (x variant)",
+                "reads the profile section (and R/tiles/ for data: real); writes --out: images/s, TFLOP/s, MFU, "
+                "peak memory, time split, communication share, energy, or status 'impossible: ...'",
+                "geofm profile --config config/demo.yaml --model demo_base --strategy FULL_SHARD --nodes 1 "
+                "--out results/profile/demo_base/FULL_SHARD/1n.json"),
+    "figures": ("figures and tables of every result, with the paper's published numbers overlaid",
+                "reads R/eval/, R/pretrain/*/metrics.jsonl, R/profile/ and the paper's reference CSVs; writes "
+                "R/figures/*.png and R/tables/*.csv",
+                "geofm figures --config config/demo.yaml"),
+}
 PLAN_HELP = """Predict images/s, the step's parts (compute, exposed communication, optimizer), peak memory per GPU
 and node-hours of every model x strategy x node count of the config's profile grid on a described cluster
 (plan.cluster; Frontier and a generic 8x H100 InfiniBand cluster ship in geofm/perf/clusters.yaml, more under
@@ -211,17 +248,33 @@ def cmd_plan(args, cfg):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="geofm", description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    import textwrap
+
+    ap = argparse.ArgumentParser(
+        prog="geofm", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="GeoFM-Scale: one subcommand per stage of the study (download -> tile -> pretrain -> evaluate,\n"
+                    "profile -> figures); the Snakemake rules call exactly one each.",
+        epilog="example: geofm tile --config config/demo.yaml --dataset demo_scenes\n"
+               "         geofm pretrain --help   (what a stage reads and writes)")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="STAGE")
 
     def add(name, *opts):
-        sp = sub.add_parser(name)
-        sp.add_argument("--config", required=True)
+        what, io, example = STAGES[name]
+        text = textwrap.fill(f"{io}.", 100) + "\n(R: the config's results directory, S: its resources directory)"
+        sp = sub.add_parser(name, help=what, description=f"{what[0].upper()}{what[1:]}.\n\n{text}",
+                            epilog=f"example: {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.add_argument("--config", required=True, help="the study's YAML config (validated against the schema)")
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (YAML value), e.g. --set pretrain.steps=10")
+        helps = {"dataset": "a name under datasets", "model": "a model registry name (geofm.models.registry)",
+                 "nprocs": "ranks to start (default: nodes x procs_per_node of the config)",
+                 "protocol": "linprobe, knn or finetune", "out": "the result JSON to write",
+                 "strategy": "DDP, NO_SHARD, SHARD_GRAD_OP, FULL_SHARD or HYBRID_<k>GPUs",
+                 "nodes": "node count of the cell (ranks = nodes x profile.procs_per_node)",
+                 "variant": "a name under profile.variants (default: base)"}
         for o in opts:
             sp.add_argument(f"--{o}", required=o not in ("nprocs", "variant"),
-                            type=int if o in ("nodes", "nprocs") else str)
+                            type=int if o in ("nodes", "nprocs") else str, help=helps[o])
         return sp
 
     add("validate")

@@ -23,6 +23,7 @@ def snakemake(cwd, *args, check=True, timeout=900):
 
 
 def make_project(tmp: Path) -> Path:
+    """A fresh checkout in ``tmp``: the workflow, configs and profiles, plus tests/workflow/tiny.yaml."""
     for item in ("Snakefile", "workflow", "config", "profiles"):
         src = ROOT / item
         if src.is_dir():
@@ -31,13 +32,6 @@ def make_project(tmp: Path) -> Path:
             shutil.copy(src, tmp / item)
     shutil.copy(Path(__file__).with_name("tiny.yaml"), tmp / "tiny.yaml")
     return tmp
-
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    proj = make_project(tmp_path_factory.mktemp("study"))
-    snakemake(proj, "--configfile", "tiny.yaml")
-    return proj
 
 
 def test_every_stage_produced_its_outputs(study):

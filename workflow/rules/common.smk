@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from geofm.config import rule_params
+
 RES = config["results"]
 RAW = config["resources"]
 PRETRAIN_DS = config["pretrain_dataset"]
@@ -26,7 +28,12 @@ wildcard_constraints:
 
 
 def effective_config() -> str:
-    """The merged config (config files + --config) as one file the CLI reads; rewritten only on change."""
+    """The merged config (config files + --config) as one file the CLI reads; rewritten only on change.
+
+    Its content-addressed name appears only in the formatted command of a job, never in a rule's shell text
+    (Snakemake's code trigger compares the unformatted text, snakemake/persistence `_code`), so a changed key
+    reruns only the jobs whose `params:` (geofm.config.rule_params) it changes, and two runs with different
+    configs in one directory never read each other's file."""
     text = yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     path = Path(".snakemake") / "geofm" / f"config-{digest}.yaml"
@@ -40,7 +47,8 @@ def effective_config() -> str:
 
 
 CFG = effective_config()
-GEOFM = "geofm"
+# the paper study's pretrained encoders are write-protected once made (pretrain.protect; off in the demo)
+PROTECT = protected if config["pretrain"].get("protect") else (lambda path: path)
 
 
 def tiles_of(dataset):
@@ -98,8 +106,11 @@ LAUNCH = ('MPI="{resources.mpi}"; ${{MPI:+$MPI --nodes={resources.nodes} --ntask
 # A site environment script (modules, venv, RCCL/NCCL and MIOpen settings) sourced first by the rules
 # that run on compute nodes; a cluster profile sets the resource `site_env` (e.g. envs/frontier/env.sh),
 # relative to the repository; locally it is empty and nothing is sourced.
+# The repository's path is filled in when the job runs ({workflow.basedir} is formatted then, like {CFG}):
+# Snakemake's code trigger compares the rule's unformatted shell text, which therefore names no path of the
+# checkout, and a moved checkout reruns nothing.
 SITE_ENV = ('SITE_ENV="{resources.site_env}"; if [ -n "$SITE_ENV" ]; then case "$SITE_ENV" in /*) ;; '
-            f'*) SITE_ENV="{workflow.basedir}/$SITE_ENV" ;; esac; . "$SITE_ENV"; fi; ')
+            '*) SITE_ENV="{workflow.basedir}/$SITE_ENV" ;; esac; . "$SITE_ENV"; fi; ')
 
 
 EVAL_OUT = expand(f"{RES}/eval/{{protocol}}/{{model}}/{{dataset}}.json",

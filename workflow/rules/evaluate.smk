@@ -11,9 +11,11 @@ rule evaluate:
                              caption="../report/confusion.rst", category="Confusion matrices"),
     log:
         f"{RES}/logs/eval/{{protocol}}/{{model}}/{{dataset}}.log",
+    params:
+        cfg=lambda wc: rule_params(config, "evaluate", protocol=wc.protocol, model=wc.model, dataset=wc.dataset),
     resources:
         runtime=config["evaluate"].get("runtime_min", 60),
         site_env="",
     shell:
-        SITE_ENV + "{GEOFM} evaluate --config {CFG} --protocol {wildcards.protocol} --model {wildcards.model} "
+        SITE_ENV + "geofm evaluate --config {CFG} --protocol {wildcards.protocol} --model {wildcards.model} "
         "--dataset {wildcards.dataset} --out {output.json} > {log} 2>&1"

@@ -14,5 +14,7 @@ rule figures:
         [report(t, caption="../report/tables.rst", category="Tables") for t in TABLES],
     log:
         f"{RES}/logs/figures.log",
+    params:
+        cfg=rule_params(config, "figures"),
     shell:
-        "{GEOFM} figures --config {CFG} > {log} 2>&1"
+        "geofm figures --config {CFG} > {log} 2>&1"

@@ -10,5 +10,7 @@ rule plan:
         summary=f"{RES}/plan/summary.json",
     log:
         f"{RES}/logs/plan.log",
+    params:
+        cfg=rule_params(config, "plan"),
     shell:
-        "{GEOFM} plan --config {CFG} --out {output.csv} --summary {output.summary} > {log} 2>&1"
+        "geofm plan --config {CFG} --out {output.csv} --summary {output.summary} > {log} 2>&1"

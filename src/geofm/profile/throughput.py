@@ -1,10 +1,12 @@
 """Throughput/memory profiling of the MAE training step, as the paper measured it on Frontier.
 
 One run = one (model, strategy, nodes) cell: build exactly the training model (same code path as
-pretraining), run ``warmup_steps`` + ``steps`` optimizer steps on synthetic data (the paper's mode) or on
+pretraining), run ``warmup_steps`` + ``steps`` of the trainer's own step (:func:`geofm.train.step.train_step`:
+accumulation, clipping and the loss all-reduce included) on synthetic data (the paper's mode) or on
 the tiles (the training loader included: the wait for a batch is part of the step), and record images/s
 (median over the timed steps, with spread), TFLOP/s and MFU against the device's peak, peak memory per
-device, a step-time breakdown (data wait / forward / backward / optimizer) and the loader's own rate.
+device, a step-time breakdown (data wait / forward / backward / optimizer, the last with the loss reduction and
+clipping) and the loader's own rate.
 With more than one rank, one extra step after the timed ones runs under ``torch.profiler`` to measure
 the communication share (see :func:`comm_share_from_profile`). A combination that cannot run (a shard
 group larger than the job, a model whose predicted peak memory exceeds ``device_memory_gb``: the memory model
@@ -33,7 +35,8 @@ from ..perf import memory
 from ..perf.workload import Workload
 from ..train import flops, metrics
 from ..train.batches import StepBatches, mask_noise
-from ..train.pretrain import TrainConfig, build_model, param_groups
+from ..train.pretrain import TrainConfig, build_model, param_groups, step_options
+from ..train.step import PhaseTimer, train_step
 
 VARIANT_KEYS = PROFILE_VARIANT_KEYS
 # collective names, compared with underscores removed ("all_gather" and c10d's "allgather" alike)
@@ -183,6 +186,7 @@ def profile_run(cfg: TrainConfig, nodes: int, warmup_steps: int, steps: int, dev
             "image_size": cfg.image_size, "params": count_params(cfg.model, cfg.image_size, cfg.in_chans),
             "precision": cfg.precision, "compile": cfg.compile, "activation_checkpointing": cfg.activation_checkpointing,
             "backward_prefetch": cfg.backward_prefetch, "forward_prefetch": cfg.forward_prefetch,
+            "grad_accum": cfg.grad_accum, "grad_clip": cfg.grad_clip,
             "data": "synthetic" if cfg.data == "synthetic" else "real",
             "device": metrics.device_name(device), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "host": os.uname().nodename}
@@ -197,7 +201,8 @@ def profile_run(cfg: TrainConfig, nodes: int, warmup_steps: int, steps: int, dev
     except torch.OutOfMemoryError as exc:
         launch.shutdown()
         return {**base, "status": f"impossible: out of memory building the model ({exc})"}
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=device.type == "cuda" or None)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
+                            fused=device.type == "cuda" or None)
     total = warmup_steps + steps
     data = StepBatches(cfg.data, cfg.batch_size, cfg.image_size, rank, world, cfg.seed, cfg.augment,
                        cfg.in_chans, start=0, steps=total + 1, augment_on_device=cfg.augment_on_device)  # + the profiled step
@@ -220,24 +225,17 @@ def profile_run(cfg: TrainConfig, nodes: int, warmup_steps: int, steps: int, dev
     batches = iter(torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=cfg.num_workers,
                                                pin_memory=device.type == "cuda"))
 
+    sopts = step_options(cfg, use_autocast)
+
     def one_step(step: int) -> tuple[float, float, float, float, float]:
-        tl = time.perf_counter()
+        """The trainer's own step (:func:`geofm.train.step.train_step`), phases timed with device syncs."""
+        timer = PhaseTimer(lambda: _sync(device))
+        timer("data")
         x = next(batches).to(device, non_blocking=True)
         noise = mask_noise(cfg.seed, step, 0, cfg.batch_size, n_patch, rank, world).to(device)
-        _sync(device)
-        t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
-            loss = model(x, cfg.mask_ratio, noise)[0]
-        _sync(device)
-        t1 = time.perf_counter()
-        loss.backward()
-        _sync(device)
-        t2 = time.perf_counter()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        _sync(device)
-        t3 = time.perf_counter()
-        return t0 - tl, t1 - t0, t2 - t1, t3 - t2, t3 - tl
+        train_step(model, opt, x, noise, sopts, world, mark=timer)
+        t = timer.totals
+        return t["data"], t["forward"], t["backward"], t["optimizer"], sum(t.values())
 
     try:
         for step in range(total):
