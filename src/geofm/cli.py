@@ -210,6 +210,7 @@ def cmd_plan(args, cfg):
     pre_nh = sum(v["node_hours"] or 0.0 for v in pre.values())
     print(f"cluster {cluster.name}: {cluster.description}")
     print("\n".join(cal.describe()))
+    print("\n".join(cluster.describe_comm()))
     print(f"profile grid: {len(rows)} cells, {len(ok)} feasible, {len(rows) - len(ok)} impossible; "
           f"predicted {grid_nh:,.1f} node-hours (feasible cells, {cfg['profile'].get('warmup_steps', 5)} + "
           f"{cfg['profile'].get('steps', 20)} + 1 steps each plus the job overhead)")
@@ -224,6 +225,7 @@ def cmd_plan(args, cfg):
                "profile_node_hours": grid_nh, "pretrain": pre, "pretrain_node_hours": pre_nh,
                "study_node_hours": grid_nh + pre_nh,
                "calibration": {"efficiency": cal.efficiency, "ddp_factor": cal.ddp_factor,
+                               "strategy_factor": cal.strategy_factor,
                                "default_efficiency": cal.default_efficiency, "one_node_cells": len(cal.cells)}}
     if args.validate:
         v = validate(cfg)

@@ -5,8 +5,12 @@ Free parameters (named, printed by ``geofm plan``):
 - ``efficiency[model]``: achieved fraction of the dense peak of the device for the model's compute, one per
   model: the median, over the model's 1-node cells of the FSDP strategies, of the efficiency at which the
   model reproduces the measured images/s (the cell's modelled intra-node communication taken into account);
-- ``ddp_factor``: DDP's compute rate relative to the FSDP strategies' at one node, the median over models
-  (the paper's DDP ran 2-2.6x slower than NO_SHARD already on one node, which is not communication).
+- ``strategy_factor[strategy]``: the strategy's compute rate relative to its model's efficiency at one node,
+  the median over models of (the cell's implied efficiency / the model's). It carries what one node shows
+  about a strategy beyond the modelled communication: DDP ran 2-2.6x slower than NO_SHARD already on one node
+  (``ddp_factor``, the DDP entry), FULL_SHARD and SHARD_GRAD_OP a few % faster than the replicating
+  strategies (they update 1/8 of the optimizer state), HYBRID_4/8GPUs a few % slower. Strategies without a
+  1-node cell (HYBRID_16GPUs needs two nodes) take 1.
 
 Sources: the paper's 1-node cells (``frontier_weak_scaling_ips.csv`` rows with nodes = 1, only for the
 Frontier cluster they were measured on) and this project's own 1-node profile results
@@ -30,21 +34,28 @@ from .workload import Workload
 class Calibration:
     default_efficiency: float
     efficiency: dict = field(default_factory=dict)
-    ddp_factor: float = 1.0
+    strategy_factor: dict = field(default_factory=dict)
     cells: list = field(default_factory=list)  # (source, model, strategy, images/s, implied efficiency)
 
     def eff(self, model: str) -> float:
         return self.efficiency.get(model, self.default_efficiency)
 
     def factor(self, strategy: str) -> float:
-        return self.ddp_factor if parse_strategy(strategy).kind == "ddp" else 1.0
+        return self.strategy_factor.get(parse_strategy(strategy).name, 1.0)
+
+    @property
+    def ddp_factor(self) -> float:
+        return self.strategy_factor.get("DDP", 1.0)
 
     def describe(self) -> list[str]:
         lines = [f"calibration: {len(self.cells)} one-node cell(s); free parameters:"]
         for m, e in self.efficiency.items():
             n = sum(1 for c in self.cells if c[1] == m)
             lines.append(f"  efficiency[{m}] = {e:.3f}  (fraction of dense peak; median of {n} 1-node cell(s))")
-        lines.append(f"  ddp_factor = {self.ddp_factor:.3f}  (DDP compute rate / FSDP's, 1-node cells)")
+        for st, f in self.strategy_factor.items():
+            n = sum(1 for c in self.cells if c[2] == st)
+            name = "ddp_factor" if st == "DDP" else f"strategy_factor[{st}]"
+            lines.append(f"  {name} = {f:.3f}  (compute rate / the model's efficiency; median of {n} 1-node cell(s))")
         lines.append(f"  default efficiency (cluster compute_efficiency, models without a 1-node figure) = "
                      f"{self.default_efficiency:.3f}")
         return lines
@@ -93,20 +104,19 @@ def calibrate(cells: list[tuple[str, str, str, float, Workload]], cluster: Clust
     """``cells``: (source, model key, strategy, 1-node images/s, the cell's Workload)."""
     cal = Calibration(cluster.compute_efficiency)
     per_model: dict[str, list[float]] = {}
-    ddp: list[tuple[str, float]] = []
     for src, model, strategy, ips, w in cells:
         try:
-            parse_strategy(strategy)
+            name = parse_strategy(strategy).name
             e = implied_efficiency(w, strategy, cluster, ips)
         except (ImpossibleStrategy, ValueError, KeyError):
             continue
-        cal.cells.append((src, model, strategy, ips, e))
-        if parse_strategy(strategy).kind == "ddp":
-            ddp.append((model, e))
-        else:
+        cal.cells.append((src, model, name, ips, e))
+        if parse_strategy(strategy).kind != "ddp":
             per_model.setdefault(model, []).append(e)
     cal.efficiency = {m: statistics.median(v) for m, v in per_model.items()}
-    ratios = [e / cal.efficiency[m] for m, e in ddp if m in cal.efficiency]
-    if ratios:
-        cal.ddp_factor = statistics.median(ratios)
+    ratios: dict[str, list[float]] = {}
+    for _, model, name, _, e in cal.cells:
+        if model in cal.efficiency:
+            ratios.setdefault(name, []).append(e / cal.efficiency[model])
+    cal.strategy_factor = {st: statistics.median(v) for st, v in ratios.items()}
     return cal

@@ -36,6 +36,17 @@ class Cluster:
     tree_inter_lat: float
     compute_efficiency: float
     algorithms: tuple = ("ring", "tree")
+    # measured slow-down of the library's node-spanning ring all-gather / reduce-scatter at ``ring_slowdown_ranks``
+    # ranks against the latency-bandwidth cost (1: the library reaches the model; collective.ring_slowdown)
+    ring_slowdown: float = 1.0
+    ring_slowdown_ranks: int = 2048
+
+    def describe_comm(self) -> list[str]:
+        """The communication parameters the plan uses (published, not fitted), as ``geofm plan`` prints them."""
+        return [f"communication ({self.name}; published figures, not fitted): network ring step "
+                f"{self.inter_lat * 1e6:.1f} us, {self.inter_bw:g} GB/s per node; intra-node {self.intra_bw:g} GB/s; "
+                f"ring_slowdown = {self.ring_slowdown:g}x at {self.ring_slowdown_ranks} ranks "
+                f"(node-spanning all-gather/reduce-scatter, linear in ring length)"]
 
     def peak_flops(self, precision: str) -> float:
         return self.device.tflops(precision) * 1e12
@@ -71,6 +82,10 @@ def load_cluster(cfg: dict | None = None, name: str | None = None) -> Cluster:
     algos = tuple(d["collective"].get("algorithms", ("ring", "tree")))
     if not algos or set(algos) - {"ring", "tree", "hierarchical"}:
         raise ClusterError(f"{where}.collective.algorithms: a list of ring, tree, hierarchical; got {list(algos)}")
+    slow = d["collective"].get("ring_slowdown", {"factor": 1.0, "ranks": 2048})
+    if not (isinstance(slow, dict) and isinstance(slow.get("factor"), (int, float)) and slow["factor"] >= 1
+            and isinstance(slow.get("ranks"), int) and slow["ranks"] > 1):
+        raise ClusterError(f"{where}.collective.ring_slowdown: {{factor: number >= 1, ranks: integer > 1}}; got {slow!r}")
     if d["device"] not in DEVICES:
         raise ClusterError(f"{where}.device: {d['device']!r} is not in the peak table ({', '.join(DEVICES)})")
     us = 1e-6
@@ -80,4 +95,5 @@ def load_cluster(cfg: dict | None = None, name: str | None = None) -> Cluster:
                    float(d["intra_node"]["bandwidth_gbs"]), d["intra_node"]["hop_latency_us"] * us,
                    float(d["inter_node"]["bandwidth_gbs"]), d["inter_node"]["hop_latency_us"] * us,
                    d["collective"]["base_latency_us"] * us, d["collective"]["tree_intra_hop_us"] * us,
-                   d["collective"]["tree_inter_hop_us"] * us, float(d["compute_efficiency"]), algos)
+                   d["collective"]["tree_inter_hop_us"] * us, float(d["compute_efficiency"]), algos,
+                   float(slow["factor"]), int(slow["ranks"]))

@@ -8,6 +8,20 @@ reduce-scatter have only the ring. The bandwidth term is the bytes each rank mov
 buffer per pass, all-reduce two passes) over the slowest link of the ring: the intra-node ring bandwidth, or,
 once the group leaves the node, the node's network bandwidth shared by the groups that run at the same time
 (gpus_per_node / members_per_node of them: the replica groups of a hybrid mesh all reduce together).
+
+Two corrections for rings that leave the node:
+
+- every step at the network's pace: a ring step ends when every rank has received its chunk, so once the
+  ring crosses nodes each of its p-1 steps costs the network hop's latency plus the chunk (buffer/p) over the
+  link, the Hockney latency-bandwidth ring (Thakur, Rabenseifner, Gropp, "Optimization of Collective
+  Communication Operations in MPICH", IJHPCA 2005: (p-1)·alpha + (p-1)/p·n·beta), not NCCL's pipelined model
+  in which only the n-1 node crossings pay the network latency;
+- the library's measured shortfall at scale (``collective.ring_slowdown``): Singh et al., "The Big Send-off"
+  (arXiv:2504.18658) measured RCCL's ring all-gather 6-33x slower than a bandwidth-optimal hierarchical one
+  on 2,048 GCDs of Frontier (ring latency O(p), NICs left idle, traffic forced into the Cassini NIC's software
+  overflow path at scale). The factor grows linearly with the ring's length, from 1 for a ring inside one node
+  to ``factor`` at ``ranks`` ranks, and applies to node-spanning all-gathers and reduce-scatters only (the
+  all-reduces use the tree at scale; no published measurement of the same kind was used for them).
 """
 from __future__ import annotations
 
@@ -47,9 +61,20 @@ def ring_time(c: Cluster, g: Group, nbytes: float, passes: int) -> float:
     """``passes`` = 1 for all-gather / reduce-scatter (``nbytes`` = the full, unsharded buffer), 2 for all-reduce."""
     if g.size <= 1 or nbytes <= 0:
         return 0.0
-    steps, inter = passes * (g.size - 1), passes * (g.nodes - 1)
-    lat = c.base_lat + (steps - inter) * c.intra_lat + inter * c.inter_lat
+    steps = passes * (g.size - 1)
+    if g.nodes == 1:
+        lat = c.base_lat + steps * c.intra_lat
+    else:  # every step waits for the network hop (see the module's docstring)
+        lat = c.base_lat + steps * c.inter_lat
     return lat + passes * (g.size - 1) / g.size * nbytes / _bus_bw(c, g)
+
+
+def ring_slowdown(c: Cluster, g: Group) -> float:
+    """The library's measured slow-down of a node-spanning ring all-gather / reduce-scatter of ``g.size`` ranks:
+    linear in the ring's length, 1 inside a node, ``c.ring_slowdown`` at ``c.ring_slowdown_ranks`` ranks."""
+    if g.nodes <= 1 or c.ring_slowdown <= 1:
+        return 1.0
+    return 1.0 + (c.ring_slowdown - 1.0) * (g.size - 1) / (c.ring_slowdown_ranks - 1)
 
 
 def tree_allreduce_time(c: Cluster, g: Group, nbytes: float) -> float:
@@ -60,11 +85,11 @@ def tree_allreduce_time(c: Cluster, g: Group, nbytes: float) -> float:
 
 
 def all_gather(c: Cluster, g: Group, nbytes: float) -> float:
-    return ring_time(c, g, nbytes, 1)
+    return ring_time(c, g, nbytes, 1) * ring_slowdown(c, g)
 
 
 def reduce_scatter(c: Cluster, g: Group, nbytes: float) -> float:
-    return ring_time(c, g, nbytes, 1)
+    return ring_time(c, g, nbytes, 1) * ring_slowdown(c, g)
 
 
 def hierarchical_allreduce_time(c: Cluster, g: Group, nbytes: float) -> float:
