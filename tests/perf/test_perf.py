@@ -158,6 +158,33 @@ def test_collective_costs(frontier):
     assert comm.all_reduce(dataclasses.replace(c, algorithms=("ring",)), world, 1e5)[1] == "ring"
 
 
+def test_rings_that_leave_the_node(frontier):
+    """Once a ring crosses nodes every one of its p-1 steps waits for the network hop (Hockney ring), and
+    node-spanning all-gathers / reduce-scatters carry RCCL's published shortfall at scale, linear in the ring's
+    length: none inside a node, the cluster's factor at its reference rank count; all-reduces untouched."""
+    import dataclasses
+
+    c = frontier
+    assert c.ring_slowdown == pytest.approx(14.07) and c.ring_slowdown_ranks == 2048
+    two = comm.group_of(16, 1, 8)
+    # latency: 15 steps, each at the network hop's 4.5 us (not 14 at xGMI's 2.7 us and one at 4.5 us)
+    assert comm.ring_time(c, two, 0.0 + 1, 1) == pytest.approx(c.base_lat + 15 * c.inter_lat, rel=1e-3)
+    plain = dataclasses.replace(c, ring_slowdown=1.0)
+    one, world = comm.group_of(8, 1, 8), comm.group_of(2048, 1, 8)
+    assert comm.all_gather(c, one, 1e8) == comm.all_gather(plain, one, 1e8)  # inside a node: no shortfall
+    assert comm.all_gather(c, world, 1e8) == pytest.approx(14.07 * comm.all_gather(plain, world, 1e8))
+    assert comm.reduce_scatter(c, world, 1e8) == pytest.approx(14.07 * comm.reduce_scatter(plain, world, 1e8))
+    half = comm.group_of(1024, 1, 8)  # 1,023 of 2,047 ring steps: half the way from 1 to 14.07
+    assert comm.ring_slowdown(c, half) == pytest.approx(1 + 13.07 * 1023 / 2047)
+    assert comm.all_reduce(c, world, 1e8) == comm.all_reduce(plain, world, 1e8)
+    # FULL_SHARD's exposed communication grows past compute at scale; a hybrid's replica all-reduce does not
+    w = Workload("vit_base", batch_per_gpu=32, activation_checkpointing=1)
+    fs = predict(w, "FULL_SHARD", 128, c, 0.06)
+    assert fs.exposed_comm_s > 3 * fs.compute_s
+    assert predict(w, "FULL_SHARD", 128, plain, 0.06).exposed_comm_s < fs.exposed_comm_s / 5
+    assert predict(w, "HYBRID_1GPU", 128, c, 0.06).exposed_comm_s < 0.05 * fs.compute_s
+
+
 # ----------------------------------------------------------------------------- step model
 def test_step_model_per_strategy(cfg, frontier):
     w = Workload.from_config(cfg, "vit_base")
@@ -194,6 +221,18 @@ def test_calibration_reads_single_node_cells_only(cfg, frontier, tmp_path):
     cal = calibration_for(cfg, frontier, ["paper"])
     assert set(cal.efficiency) == {"vit_base", "vit_huge", "vit_1b", "vit_3b", "vit_5b", "vit_15b"}
     assert all(0.01 < e < 0.5 for e in cal.efficiency.values()) and 0.3 < cal.ddp_factor < 0.8
+    # one compute factor per strategy, from the 1-node cells: the sharded ones (1/8 of the optimizer step)
+    # a little faster than the replicating ones; a strategy with no 1-node cell takes 1
+    f = cal.strategy_factor
+    assert set(f) == {"DDP", "NO_SHARD", "HYBRID_1GPU", "HYBRID_2GPUs", "HYBRID_4GPUs", "HYBRID_8GPUs",
+                      "FULL_SHARD", "SHARD_GRAD_OP"}
+    assert f["FULL_SHARD"] > f["NO_SHARD"] and all(0.9 < v < 1.1 for k, v in f.items() if k != "DDP")
+    assert cal.factor("HYBRID_16GPUs") == 1.0 and cal.factor("DDP") == cal.ddp_factor
+    # the whole calibration, not only the cells read, is the same from the altered reference
+    def cal_from(path):
+        return calibrate([("paper", *c, paper_workload(c[0])) for c in paper_one_node(path)], frontier)
+    a, b = cal_from(alt), cal_from(WEAK_SCALING_CSV)
+    assert (a.efficiency, a.strategy_factor) == (b.efficiency, b.strategy_factor) == (cal.efficiency, f)
     # the calibrated model reproduces each model's median 1-node cell
     for m, s, ips in paper_one_node(WEAK_SCALING_CSV):
         if s == "HYBRID_1GPU":
@@ -208,8 +247,9 @@ def test_calibration_reads_single_node_cells_only(cfg, frontier, tmp_path):
 def test_validation_against_the_papers_multi_node_cells(cfg):
     """The scoring reproduces the issue's figures for the naive predictor (1-node figure x nodes: 19 % of the
     fastest strategies, ~3 % median images/s error, ~23 points of efficiency), and the plan's numbers are
-    those the README states: images/s and memory within their targets, the fastest strategy and the
-    efficiency at 128 nodes not (the model does not predict FULL_SHARD's collapse; README)."""
+    those the README states: images/s and memory within their targets; FULL_SHARD's collapse at 128 nodes
+    predicted from the published RCCL shortfall; the efficiency at 128 nodes at the 10-point target; the
+    fastest strategy named for about half of the pairs (short of 75 %: README says why)."""
     naive = validate(cfg, one_node_times_nodes())
     assert (naive.fastest_named, naive.fastest_pairs) == (8, 42)
     assert naive.ips_median_abs_err == pytest.approx(0.03, abs=0.005)
@@ -219,10 +259,18 @@ def test_validation_against_the_papers_multi_node_cells(cfg):
     assert len(v.cells) == len(multi) == 217 and v.fastest_pairs == 42
     assert v.ips_median_abs_err <= 0.10
     assert v.memory_median_abs_err <= 0.20
-    assert v.fastest_named > naive.fastest_named
-    fs = {(m, n1): (a, b) for m, s, n1, a, b in v.efficiency if s == "FULL_SHARD"}
-    assert fs[("vit_base", 128)][1] < 0.9  # some of the collapse is predicted...
-    assert fs[("vit_base", 128)][1] > fs[("vit_base", 128)][0] + 0.5  # ...most of it is not
+    assert v.fastest_named >= 2 * naive.fastest_named and v.fastest_named / v.fastest_pairs < 0.75
+    assert v.eff_mean_abs_diff_points < 11 and v.eff_mean_abs_diff_points < naive.eff_mean_abs_diff_points - 10
+    eff = {(m, s): (a, b) for m, s, n1, a, b in v.efficiency}
+    # FULL_SHARD collapses at 128 nodes in the paper (7-35 % for all but ViT-15B), and in the plan
+    for m in ("vit_base", "vit_huge", "vit_1b", "vit_3b", "vit_5b"):
+        paper, plan = eff[(m, "FULL_SHARD")]
+        assert plan < 0.5 and abs(plan - paper) < 0.15, (m, paper, plan)
+    # the replicating strategy scales, in both
+    assert all(eff[(m, "HYBRID_1GPU")][1] > 0.95 for m in ("vit_base", "vit_huge", "vit_1b", "vit_3b"))
+    # following the plan's pick costs little on the paper's own numbers
+    import statistics
+    assert statistics.median(v.pick_shortfall()) < 0.02 < statistics.median(naive.pick_shortfall())
 
 
 # ----------------------------------------------------------------------------- CLI and DAG
@@ -231,6 +279,7 @@ def test_geofm_plan_cli(tmp_path, capsys):
     assert main(["plan", "--config", str(CONFIG), "--out", str(out), "--summary", str(summ)]) == 0
     text = capsys.readouterr().out
     assert "efficiency[vit_base]" in text and "ddp_factor" in text and "node-hours" in text
+    assert "strategy_factor[FULL_SHARD]" in text and "ring_slowdown = 14.07x at 2048 ranks" in text
     rows = list(csv.DictReader(open(out)))
     assert len(rows) == 432
     need = {"model", "strategy", "nodes", "images_per_s", "peak_mem_gb_per_gpu", "fits", "compute_s", "exposed_comm_s"}
@@ -255,6 +304,11 @@ def test_cluster_config_errors(cfg):
     # a config may override a built-in cluster's number
     over = {**cfg, "plan": {"cluster": "frontier", "clusters": {"frontier": {"inter_node": {"bandwidth_gbs": 50}}}}}
     assert load_cluster(over).inter_bw == 50 and load_cluster(over).intra_bw == 50
+    # the library's shortfall: a mapping {factor >= 1, ranks > 1}; absent (H100 cluster) means none
+    slow = {**cfg, "plan": {"cluster": "frontier", "clusters": {"frontier": {"collective": {"ring_slowdown": 0.5}}}}}
+    with pytest.raises(ClusterError, match="plan.clusters.frontier.collective.ring_slowdown"):
+        load_cluster(slow)
+    assert load_cluster(cfg, "h100_ib").ring_slowdown == 1.0
 
 
 @pytest.mark.slow
