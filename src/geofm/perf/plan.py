@@ -232,6 +232,23 @@ def validate(cfg: dict, predictor=None, cluster: Cluster | None = None, cal: Cal
                       statistics.median(abs(g / v - 1) for *_, v, g in memory), cells, fastest, eff, memory)
 
 
+def ring_slowdown_sensitivity(cfg: dict, factors=(1.0, 6.0, None, 33.0)) -> str:
+    """Markdown: the validation's scaling metrics with Frontier's ``collective.ring_slowdown`` factor set to each
+    of ``factors`` (None: the cluster's own value): without it (1) and at both ends of the published range
+    (Singh et al.: RCCL's all-gather 6-33x slower than a bandwidth-optimal one on 2,048 GCDs)."""
+    base = load_cluster({**cfg, "plan": {**(cfg.get("plan") or {}), "cluster": PAPER_CLUSTER}})
+    lines = ["| ring_slowdown at 2,048 ranks | fastest named | efficiency, mean abs. difference | "
+             "images/s, median abs. error | plan's pick below the best, median |", "|---|---|---|---|---|"]
+    import dataclasses
+    for f in factors:
+        c = base if f is None else dataclasses.replace(base, ring_slowdown=f)
+        v = validate(cfg, cluster=c)
+        lines.append(f"| {c.ring_slowdown:g}{' (clusters.yaml)' if f is None else ''} | "
+                     f"{v.fastest_named}/{v.fastest_pairs} | {v.eff_mean_abs_diff_points:.1f} points | "
+                     f"{100 * v.ips_median_abs_err:.1f} % | {100 * statistics.median(v.pick_shortfall()):.1f} % |")
+    return "\n".join(lines)
+
+
 def one_node_times_nodes(meas_csv: Path = WEAK_SCALING_CSV):
     """The naive predictor the issue compares against: each 1-node figure × the node count (cells without a
     1-node figure: the smallest node count's figure scaled)."""
