@@ -168,7 +168,7 @@ def test_rings_that_leave_the_node(frontier):
     assert c.ring_slowdown == pytest.approx(14.07) and c.ring_slowdown_ranks == 2048
     two = comm.group_of(16, 1, 8)
     # latency: 15 steps, each at the network hop's 4.5 us (not 14 at xGMI's 2.7 us and one at 4.5 us)
-    assert comm.ring_time(c, two, 0.0 + 1, 1) == pytest.approx(c.base_lat + 15 * c.inter_lat, rel=1e-3)
+    assert comm.ring_time(c, two, 1.0, 1) == pytest.approx(c.base_lat + 15 * c.inter_lat, rel=1e-3)
     plain = dataclasses.replace(c, ring_slowdown=1.0)
     one, world = comm.group_of(8, 1, 8), comm.group_of(2048, 1, 8)
     assert comm.all_gather(c, one, 1e8) == comm.all_gather(plain, one, 1e8)  # inside a node: no shortfall

@@ -1,9 +1,9 @@
 """Latency-bandwidth cost of one collective on a described cluster, per algorithm (ring, tree), with the
 group's placement (members per node, nodes spanned) deciding which links it crosses.
 
-The latency terms follow NCCL/RCCL's own tuning model (``src/graph/tuning.cc``, ``ncclTopoTuneModel``): a ring
-all-gather or reduce-scatter over p ranks on n nodes takes p-1 steps of which n-1 cross the network; an
-all-reduce twice that; a (double binary) tree all-reduce 2·((p/n - 1)·intra + log2(n)·inter). All-gather and
+The latency terms follow NCCL/RCCL's own tuning model (``src/graph/tuning.cc``, ``ncclTopoTuneModel``) for the
+hop latencies: a ring all-gather or reduce-scatter over p ranks takes p-1 steps (at the intra-node hop latency
+inside a node, at the network's once it spans nodes: see below); an all-reduce twice that; a (double binary) tree all-reduce 2·((p/n - 1)·intra + log2(n)·inter). All-gather and
 reduce-scatter have only the ring. The bandwidth term is the bytes each rank moves (ring: (p-1)/p of the
 buffer per pass, all-reduce two passes) over the slowest link of the ring: the intra-node ring bandwidth, or,
 once the group leaves the node, the node's network bandwidth shared by the groups that run at the same time
