@@ -65,7 +65,9 @@ def test_pretrain_steps_reruns_pretraining_and_what_depends_on_it(study):
     for args in (["--configfile", name], ["--configfile", "tiny.yaml", "--config", 'pretrain={"steps": 8}']):
         jobs = planned(snakemake(study, *args, "-n"))
         rules = sorted(r for r, _ in jobs)
-        assert rules == ["all", "evaluate", "evaluate", "evaluate", "evaluate", "figures", "pretrain", "pretrain"], args
+        # geofm plan prices the pretraining (its node-hours), so it reruns too
+        assert rules == ["all", "evaluate", "evaluate", "evaluate", "evaluate", "figures", "plan", "pretrain",
+                         "pretrain"], args
     res = snakemake(study, "--configfile", name, "-n", "--list-changes", "params")
     assert {"results/pretrain/test_micro/encoder.pt", "results/pretrain/demo_tiny/encoder.pt"} <= set(res.stdout.split())
     assert "results/eval/knn/test_micro/demo_landcover.json" not in res.stdout  # a consequence, not a params change
@@ -152,12 +154,12 @@ runpy.run_module("snakemake", run_name="__main__")
 
 
 def readme_config_commands() -> list[str]:
-    """Every command line of the README that passes --config (comments after '#' dropped)."""
+    """Every snakemake command line of the README that passes --config (comments after '#' dropped)."""
     out = []
     for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S):
         for line in block.splitlines():
             line = re.sub(r"\s+#.*$", "", line).strip()
-            if re.search(r"--config[ =](?!file)", line):
+            if line.startswith("snakemake ") and re.search(r"--config[ =](?!file)", line):
                 out.append(line)
     return out
 
@@ -200,3 +202,17 @@ def test_a_misspelt_key_in_a_config_file(tmp_path):
     text = (res.stdout + res.stderr).strip()
     assert res.returncode != 0 and len(text.splitlines()) <= 5, text
     assert "evaluate.knn_kk" in text and "did you mean evaluate.knn_k?" in text
+
+
+def test_readme_geofm_commands_run_as_written(tmp_path):
+    """The README's `geofm` lines (plan, validation, help) run as written from the checkout's root."""
+    lines = sorted({ln for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+                    for ln in (re.sub(r"\s+#.*$", "", x).strip() for x in block.splitlines())
+                    if ln.startswith("geofm ")})
+    assert any("plan" in ln for ln in lines), lines
+    proj = make_project(tmp_path)
+    for line in lines:
+        res = subprocess.run(shlex.split(line), cwd=proj, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, f"{line}\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
+    plan = (proj / "plan.csv").read_text().splitlines()
+    assert plan[0].startswith("model,") and len(plan) > 100  # one row per cell of the paper's profile grid
