@@ -52,8 +52,8 @@ def uniform(key: tuple, rows: np.ndarray, n: int) -> torch.Tensor:
 def permute(key: tuple, n: int, pos: np.ndarray, epochs: np.ndarray) -> np.ndarray:
     """Position ``pos`` of epoch ``epochs`` (elementwise) of a seeded permutation of ``range(n)``, without
     building the permutation: a 4-round Feistel network on the smallest even number of bits covering ``n``,
-    walked until it lands inside ``range(n)`` (a bijection on the larger domain restricts to one on ``range(n)``;
-    the domain is < 4n, so a walk takes fewer than 4 rounds on average)."""
+    walked until it lands inside ``range(n)`` (cycle walking: a bijection on the larger domain restricts to one
+    on ``range(n)``; the domain is at most about 4n, so a position needs at most about 4 passes on average)."""
     half = max(1, (max(n - 1, 1).bit_length() + 1) // 2)
     mask = np.uint64((1 << half) - 1)
     k = _key(*key)
