@@ -2,16 +2,21 @@
 # pretrain.procs_per_node); locally the CLI starts its own ranks, under Slurm `resources.mpi` (srun)
 # starts one task per GPU and each derives its rank from Slurm. A requeued or retried job resumes
 # from the latest complete checkpoint in results/pretrain/{model}/checkpoints/ (not an output, so
-# Snakemake keeps it).
+# Snakemake keeps it) when that checkpoint's config fingerprint is this job's and its run is unfinished;
+# otherwise (another config, or a finished run redone by --forcerun / a params change) the old checkpoints
+# are moved aside and training starts at step 0. With pretrain.protect (the paper's config) encoder.pt is
+# write-protected: no rerun replaces it until it is removed by hand (README: what reruns when).
 rule pretrain:
     input:
         tiles_of(PRETRAIN_DS),
     output:
-        encoder=f"{RES}/pretrain/{{model}}/encoder.pt",
+        encoder=PROTECT(f"{RES}/pretrain/{{model}}/encoder.pt"),
         metrics=f"{RES}/pretrain/{{model}}/metrics.jsonl",
         summary=f"{RES}/pretrain/{{model}}/summary.json",
     log:
         f"{RES}/logs/pretrain/{{model}}.log",
+    params:
+        cfg=lambda wc: rule_params(config, "pretrain", model=wc.model),
     threads: lambda wc: rank_threads(pretrain_tasks())
     resources:
         nodes=config["pretrain"].get("nodes", 1),
@@ -23,4 +28,4 @@ rule pretrain:
         mpi="",
         site_env="",
     shell:
-        SITE_ENV + LAUNCH + "{GEOFM} pretrain --config {CFG} --model {wildcards.model} > {log} 2>&1"
+        SITE_ENV + LAUNCH + "geofm pretrain --config {CFG} --model {wildcards.model} > {log} 2>&1"

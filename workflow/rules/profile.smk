@@ -10,6 +10,7 @@ rule profile:
         f"{RES}/logs/profile/{{model}}/{{strategy}}/{{nodes}}n{{variant}}.log",
     params:
         variant=profile_variant,
+        cfg=lambda wc: rule_params(config, "profile", model=wc.model, variant=profile_variant(wc)),
     threads: lambda wc: rank_threads(int(wc.nodes) * PROF.get("procs_per_node", 1))
     resources:
         nodes=lambda wc: int(wc.nodes),
@@ -21,6 +22,6 @@ rule profile:
         mpi="",
         site_env="",
     shell:
-        SITE_ENV + LAUNCH + "{GEOFM} profile --config {CFG} --model {wildcards.model} "
+        SITE_ENV + LAUNCH + "geofm profile --config {CFG} --model {wildcards.model} "
         "--strategy {wildcards.strategy} --nodes {wildcards.nodes} --variant {params.variant} --out {output} "
         "> {log} 2>&1"

@@ -8,7 +8,9 @@ rule tile:
         manifest=f"{RES}/tiles/{{dataset}}/manifest.parquet",
     log:
         f"{RES}/logs/tile/{{dataset}}.log",
+    params:
+        cfg=lambda wc: rule_params(config, "tile", dataset=wc.dataset),
     resources:
         runtime=60,
     shell:
-        "{GEOFM} tile --config {CFG} --dataset {wildcards.dataset} > {log} 2>&1"
+        "geofm tile --config {CFG} --dataset {wildcards.dataset} > {log} 2>&1"

@@ -52,7 +52,9 @@ import torch
 from geofm.eval.features import cache_file, cache_key, extract_features
 from geofm.eval.knn import knn_scores
 from geofm.eval.linprobe import fit_logreg, predict_scores, train_linear_probe
+from geofm.config import digest, rule_params
 from geofm.eval.metrics import summarize
+from geofm.provenance import provenance
 
 PROTOCOLS = ("linprobe", "knn", "finetune")
 IMPLEMENTED = ("linprobe", "knn", "finetune")
@@ -368,6 +370,9 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
     record["checkpoint_step"] = step
     record["train_ratio"] = train_ratio
     record["config"] = ev
+    record["encoder_fingerprint"] = meta.get("fingerprint")  # the pretraining run's (geofm.train.fingerprint)
+    record["provenance"] = provenance(digest(rule_params(cfg, "evaluate", protocol=protocol, model=model,
+                                                         dataset=dataset, train_ratio=train_ratio)))
     record["settings"] = {"image_size": image_size, "in_chans": in_chans, "seed": seed, "device": str(device),
                           "pool": pool, "world_size": world, "classes": classes, "crop_pct": crop_pct,
                           "normalisation": {"mean": mean, "std": std, "from": norm_src},
