@@ -6,6 +6,9 @@
     geofm pretrain  --config C --model M [--nprocs N]
     geofm evaluate  --config C --protocol P --model M --dataset D --out F
     geofm profile   --config C --model M --strategy S --nodes N [--variant V] --out F
+    geofm profile-bundle  --config C --cells F [F ...] [--launch CMD]   (profile cells of one batch job)
+    geofm evaluate-bundle --config C --model M [--launch CMD]          (every protocol x dataset of M)
+    geofm plan      --config C          (batch jobs, submissions and node-hours of the study)
     geofm figures   --config C
 
 Multi-process stages (pretrain, profile) run as one rank each when started by torchrun or srun; started
@@ -43,7 +46,9 @@ def _train_config(cfg: dict, model: str, data: str, section: dict, **over) -> "T
     from .train.pretrain import TrainConfig
 
     d = {k: v for k, v in section.items() if k not in ("nodes", "procs_per_node", "runtime_min", "models",
-                                                        "strategies", "device_memory_gb", "warmup_steps_profile")}
+                                                        "strategies", "device_memory_gb", "warmup_steps_profile",
+                                                        "retries", "expected_mfu", "device_peak_tflops",
+                                                        "per_model")}
     d.update(over)
     return TrainConfig.from_dict({**d, "model": model, "image_size": cfg["image_size"], "data": data,
                                   "seed": cfg["seed"], "device": cfg["device"]})
@@ -71,16 +76,22 @@ def cmd_tile(args, cfg):
 
 
 def cmd_pretrain(args, cfg, argv):
-    p = cfg["pretrain"]
+    from .config import pretrain_settings
+
+    p = pretrain_settings(cfg, args.model)
     nprocs = args.nprocs or p.get("nodes", 1) * p.get("procs_per_node", 1)
     if nprocs > 1 and not _in_distributed_env():
         return _relaunch(nprocs, argv)
-    from .train.pretrain import train
+    from .train.pretrain import WalltimeStop, train
 
     ds = cfg["pretrain_dataset"]
     data = str(Path(cfg["results"]) / "tiles" / ds)
     tc = _train_config(cfg, args.model, data, p, in_chans=_in_chans(cfg, ds))
-    train(tc, Path(cfg["results"]) / "pretrain" / args.model)
+    try:
+        train(tc, Path(cfg["results"]) / "pretrain" / args.model)
+    except WalltimeStop as exc:
+        print(f"geofm pretrain: {exc}", file=sys.stderr)
+        return WalltimeStop.EXIT_CODE
     return 0
 
 
@@ -133,10 +144,65 @@ def cmd_profile(args, cfg, argv):
 
 
 def cmd_evaluate(args, cfg):
+    from .config import evaluate_settings
     from .eval.stages import run_evaluate
 
+    cfg = {**cfg, "evaluate": evaluate_settings(cfg, args.model)}  # the model's own geometry and settings
     enc = Path(cfg["results"]) / "pretrain" / args.model / "encoder.pt"
     run_evaluate(cfg, args.protocol, args.model, args.dataset, enc, args.out)
+
+
+def _passthrough(args) -> list[str]:
+    out = ["--config", args.config]
+    for item in args.set:
+        out += ["--set", item]
+    return out
+
+
+def cmd_profile_bundle(args, cfg):
+    """The profile cells of one allocation (one model x node count), one after another, each its own
+    srun step, output and log; a failing or over-budget cell records its failure and the rest go on."""
+    from .bundle import BundleCell, run_bundle
+    from .plan import parse_cell
+
+    res = Path(cfg["results"])
+    cells = []
+    for out in args.cells:
+        c = parse_cell(out)
+        variant = c.variant.lstrip(".") or "base"
+        cells.append(BundleCell(
+            ["profile", *_passthrough(args), "--model", c.model, "--strategy", c.strategy, "--nodes",
+             str(c.nodes), "--variant", variant, "--out", out],
+            out, str(res / "logs" / "profile" / c.model / c.strategy / f"{c.nodes}n{c.variant}.log"),
+            {"model": c.model, "strategy": c.strategy, "nodes": c.nodes, "variant": variant}))
+    done = run_bundle(cells, args.launch or "", cfg["profile"].get("runtime_min", 10) * 60)
+    return 0 if all(Path(o).exists() for o in done) else 1
+
+
+def cmd_evaluate_bundle(args, cfg):
+    """Every protocol x dataset of one model in one batch job, each its own srun step on all the job's
+    ranks; a failing cell writes its own failed record and the others still run."""
+    from .bundle import BundleCell, run_bundle
+
+    res = Path(cfg["results"])
+    cells = []
+    for proto in cfg["evaluate"]["protocols"]:
+        for ds in cfg["eval_datasets"]:
+            out = str(res / "eval" / proto / args.model / f"{ds}.json")
+            cells.append(BundleCell(
+                ["evaluate", *_passthrough(args), "--protocol", proto, "--model", args.model, "--dataset", ds,
+                 "--out", out], out, str(res / "logs" / "eval" / proto / args.model / f"{ds}.log"),
+                {"protocol": proto, "model": args.model, "dataset": ds}))
+    done = run_bundle(cells, args.launch or "")
+    return 0 if all(Path(o).exists() for o in done) else 1
+
+
+def cmd_plan(args, cfg):
+    from .plan import cell_paths_of, format_plan, study_plan
+
+    plan = study_plan(cfg, cell_paths_of(cfg))
+    print(format_plan(plan))
+    return 1 if plan["problems"] else 0
 
 
 def cmd_figures(args, cfg):
@@ -169,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     add("evaluate", "protocol", "model", "dataset", "out")
     add("profile", "model", "strategy", "nodes", "variant", "out")
     add("figures")
+    add("plan")
+    add("evaluate-bundle", "model").add_argument("--launch", default="", help="launcher prefix (srun ...)")
+    pb = add("profile-bundle")
+    pb.add_argument("--cells", nargs="+", required=True, help="profile cell output paths")
+    pb.add_argument("--launch", default="", help="launcher prefix of each cell (srun ...)")
     args = ap.parse_args(argv)
     try:
         import yaml
@@ -188,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd in ("pretrain", "profile"):
         fn = cmd_pretrain if args.cmd == "pretrain" else cmd_profile
         return int(fn(args, cfg, argv) or 0)
+    if args.cmd in ("profile-bundle", "evaluate-bundle", "plan"):
+        fn = {"profile-bundle": cmd_profile_bundle, "evaluate-bundle": cmd_evaluate_bundle, "plan": cmd_plan}
+        return int(fn[args.cmd](args, cfg) or 0)
     try:
         {"validate": cmd_validate, "download": cmd_download, "tile": cmd_tile, "evaluate": cmd_evaluate,
          "figures": cmd_figures}[args.cmd](args, cfg)

@@ -31,9 +31,26 @@ def schema() -> dict:
 
 
 def _fill_defaults(node: dict, sch: dict) -> None:
+    """Schema defaults, also inside sections (``pretrain.retries``, ``scheduler.tile_nodes``, ...)."""
     for key, sub in sch.get("properties", {}).items():
         if "default" in sub and key not in node:
             node[key] = copy.deepcopy(sub["default"])
+        if isinstance(node.get(key), dict) and sub.get("properties"):
+            _fill_defaults(node[key], sub)
+
+
+def pretrain_settings(cfg: dict, model: str) -> dict:
+    """The ``pretrain`` section as ``model`` sees it: ``pretrain.per_model.<model>`` over the section."""
+    p = dict(cfg["pretrain"])
+    own = (p.pop("per_model", None) or {}).get(model) or {}
+    return {**p, **own}
+
+
+def evaluate_settings(cfg: dict, model: str) -> dict:
+    """The ``evaluate`` section as ``model`` sees it: ``evaluate.per_model.<model>`` over the section."""
+    e = dict(cfg["evaluate"])
+    own = (e.pop("per_model", None) or {}).get(model) or {}
+    return {**e, **own}
 
 
 def validate(cfg: dict, source: str = "config") -> dict:
@@ -68,6 +85,17 @@ def validate(cfg: dict, source: str = "config") -> dict:
             raise ConfigError(f"{source}: datasets.{name}.url is required when source is 'url'")
         if d["source"] == "local" and not d.get("path"):
             raise ConfigError(f"{source}: datasets.{name}.path is required when source is 'local'")
+    for sec in ("pretrain", "evaluate"):
+        extra = [m for m in (cfg[sec].get("per_model") or {}) if m not in cfg["models"]]
+        if extra:
+            raise ConfigError(f"{source}: {sec}.per_model names {extra}, which are not in models")
+    for m in cfg["models"]:
+        p = pretrain_settings(cfg, m)
+        world = p.get("nodes", 1) * p.get("procs_per_node", 1)
+        if p.get("batch_size") and p["batch_size"] % (world * p.get("grad_accum", 1)):
+            raise ConfigError(f"{source}: pretrain.batch_size {p['batch_size']} is not divisible by {m}'s "
+                              f"{p.get('nodes', 1)} nodes x {p.get('procs_per_node', 1)} ranks"
+                              f" x grad_accum {p.get('grad_accum', 1)}")
     prof = cfg["profile"]
     for vname, v in (prof.get("variants") or {}).items():
         for key in ("models", "strategies", "nodes"):

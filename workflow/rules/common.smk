@@ -1,11 +1,15 @@
 # Paths, wildcard lists and the effective config that every rule hands to the `geofm` CLI.
 import hashlib
+import math
 import json
 import os
 import socket
 from pathlib import Path
 
 import yaml
+
+from geofm.config import evaluate_settings, pretrain_settings
+from geofm.plan import profile_bundles
 
 RES = config["results"]
 RAW = config["resources"]
@@ -62,9 +66,15 @@ def tile_inputs(wc):
     return out
 
 
-def pretrain_tasks(wc=None):
-    p = config["pretrain"]
-    return p.get("nodes", 1) * p.get("procs_per_node", 1)
+def pretrain_geometry(model):
+    """(nodes, ranks per node) of a model's pretraining: pretrain.per_model.<model> over pretrain."""
+    p = pretrain_settings(config, model)
+    return p.get("nodes", 1), p.get("procs_per_node", 1)
+
+
+def evaluate_geometry(model):
+    e = evaluate_settings(config, model)
+    return e.get("nodes", 1), e.get("procs_per_node", 1)
 
 
 # --- Cluster execution (profiles/frontier, profiles/slurm-cuda, profiles/test-slurm) -------------------
@@ -95,6 +105,10 @@ def srun_tasks_per_node(per_node):
 
 LAUNCH = ('MPI="{resources.mpi}"; ${{MPI:+$MPI --nodes={resources.nodes} --ntasks={resources.ranks} '
           '--ntasks-per-node={resources.ranks_per_node}}} ')
+# The same geometry as a launcher prefix in $GEOFM_LAUNCH, for commands that start several launches in one
+# job (geofm profile-bundle / evaluate-bundle: one srun step per cell); empty locally.
+LAUNCH_PREFIX = ('MPI="{resources.mpi}"; GEOFM_LAUNCH="${{MPI:+$MPI --nodes={resources.nodes} '
+                 '--ntasks={resources.ranks} --ntasks-per-node={resources.ranks_per_node}}}"; ')
 # A site environment script (modules, venv, RCCL/NCCL and MIOpen settings) sourced first by the rules
 # that run on compute nodes; a cluster profile sets the resource `site_env` (e.g. envs/frontier/env.sh),
 # relative to the repository; locally it is empty and nothing is sourced.
@@ -107,17 +121,11 @@ EVAL_OUT = expand(f"{RES}/eval/{{protocol}}/{{model}}/{{dataset}}.json",
 VARIANTS = PROF.get("variants") or {}
 
 
-def profile_variant(wc):
-    """The variant named by the `{variant}` suffix ("" -> "base"); an unknown name is an error."""
-    name = wc.variant.lstrip(".") or "base"
-    if name != "base" and name not in VARIANTS:
-        raise ValueError(f"profile variant {name!r} is not under profile.variants ({', '.join(VARIANTS) or 'none'})")
-    return name
-
-
-def profile_setting(wc, key, default=None):
-    """A profile setting as the cell's variant sees it (the variant's override, else profile.<key>)."""
-    return (VARIANTS.get(profile_variant(wc)) or {}).get(key, PROF.get(key, default))
+def profile_setting_of(variant, key, default=None):
+    """A profile setting as a cell's variant ("" / ".name" / "base" / "name") sees it (the variant's
+    override, else profile.<key>)."""
+    name = variant.lstrip(".") or "base"
+    return (VARIANTS.get(name) or {}).get(key, PROF.get(key, default))
 
 
 def profile_outputs():
@@ -133,6 +141,9 @@ def profile_outputs():
 
 
 PROFILE_OUT = profile_outputs()
+# Profile cells that share an allocation shape (model x node count) run in one batch job (geofm.plan):
+# one rule per bundle, its outputs the bundle's cell files (so each cell stays its own tracked output).
+PROFILE_BUNDLES = profile_bundles(config, PROFILE_OUT)
 METRICS_OUT = expand(f"{RES}/pretrain/{{model}}/metrics.jsonl", model=MODELS)
 
 FIGURE_NAMES = ["accuracy_vs_size", "loss_curves", "throughput_per_strategy", "peak_memory",

@@ -1,19 +1,27 @@
 # Scene classification with the frozen (linprobe, knn) or fine-tuned encoder, against the same
-# architecture at random initialisation.
+# architecture at random initialisation. One batch job per model runs every protocol x dataset, each as its
+# own launch (srun step) on all of the job's ranks (evaluate.per_model.<model>.nodes x procs_per_node over
+# evaluate.nodes x procs_per_node: features split over the ranks, fine-tuning under FSDP2); a failing
+# cell writes its own `status: failed` record and the others still run (geofm.bundle). The confusion
+# matrices ({dataset}.confusion.csv/.png) are written beside each JSON.
 rule evaluate:
     input:
         encoder=f"{RES}/pretrain/{{model}}/encoder.pt",
-        tiles=lambda wc: tiles_of(wc.dataset),
+        tiles=[t for ds in EVAL_DS for t in tiles_of(ds)],
     output:
-        json=f"{RES}/eval/{{protocol}}/{{model}}/{{dataset}}.json",
-        confusion_csv=f"{RES}/eval/{{protocol}}/{{model}}/{{dataset}}.confusion.csv",
-        confusion_png=report(f"{RES}/eval/{{protocol}}/{{model}}/{{dataset}}.confusion.png",
-                             caption="../report/confusion.rst", category="Confusion matrices"),
+        expand(f"{RES}/eval/{{protocol}}/{{{{model}}}}/{{dataset}}.json", protocol=PROTOCOLS, dataset=EVAL_DS),
     log:
-        f"{RES}/logs/eval/{{protocol}}/{{model}}/{{dataset}}.log",
+        f"{RES}/logs/eval/{{model}}.log",
+    threads: lambda wc: rank_threads(math.prod(evaluate_geometry(wc.model)))
     resources:
-        runtime=config["evaluate"].get("runtime_min", 60),
+        nodes=lambda wc: evaluate_geometry(wc.model)[0],
+        ranks=lambda wc: math.prod(evaluate_geometry(wc.model)),
+        ranks_per_node=lambda wc: evaluate_geometry(wc.model)[1],
+        tasks=lambda wc: srun_tasks(*evaluate_geometry(wc.model)),
+        tasks_per_node=lambda wc: srun_tasks_per_node(evaluate_geometry(wc.model)[1]),
+        runtime=lambda wc: evaluate_settings(config, wc.model)["runtime_min"],
+        mpi="",
         site_env="",
     shell:
-        SITE_ENV + "{GEOFM} evaluate --config {CFG} --protocol {wildcards.protocol} --model {wildcards.model} "
-        "--dataset {wildcards.dataset} --out {output.json} > {log} 2>&1"
+        SITE_ENV + LAUNCH_PREFIX + "{GEOFM} evaluate-bundle --config {CFG} --model {wildcards.model} "
+        '--launch "$GEOFM_LAUNCH" > {log} 2>&1'

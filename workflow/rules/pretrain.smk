@@ -1,8 +1,11 @@
-# MAE pretraining, one job per model size. Nodes and tasks come from the config (pretrain.nodes ×
-# pretrain.procs_per_node); locally the CLI starts its own ranks, under Slurm `resources.mpi` (srun)
-# starts one task per GPU and each derives its rank from Slurm. A requeued or retried job resumes
-# from the latest complete checkpoint in results/pretrain/{model}/checkpoints/ (not an output, so
-# Snakemake keeps it).
+# MAE pretraining, one job per model size. Nodes, ranks per node, walltime and retries per model come from
+# the config (pretrain.per_model.<model> over pretrain); locally the CLI starts its own ranks, under Slurm
+# `resources.mpi` (srun) starts one task per GPU and each derives its rank from Slurm.
+# Walltime: a chunk that gets the walltime signal (profiles/frontier: sbatch --signal=USR1@300) or SIGTERM
+# writes a checkpoint at the current step and exits (status 75); Snakemake resubmits it (`retries`) and it
+# resumes from the latest complete checkpoint in results/pretrain/{model}/checkpoints/ (not an output, so
+# Snakemake keeps it). Snakemake's retries are per rule: the rule takes the largest of the models' (the
+# others finish within theirs; `geofm plan` checks each model's chunks against its own retries).
 rule pretrain:
     input:
         tiles_of(PRETRAIN_DS),
@@ -12,14 +15,15 @@ rule pretrain:
         summary=f"{RES}/pretrain/{{model}}/summary.json",
     log:
         f"{RES}/logs/pretrain/{{model}}.log",
-    threads: lambda wc: rank_threads(pretrain_tasks())
+    retries: max(pretrain_settings(config, m).get("retries", 0) for m in MODELS)
+    threads: lambda wc: rank_threads(math.prod(pretrain_geometry(wc.model)))
     resources:
-        nodes=config["pretrain"].get("nodes", 1),
-        ranks=pretrain_tasks(),
-        ranks_per_node=config["pretrain"].get("procs_per_node", 1),
-        tasks=srun_tasks(config["pretrain"].get("nodes", 1), config["pretrain"].get("procs_per_node", 1)),
-        tasks_per_node=srun_tasks_per_node(config["pretrain"].get("procs_per_node", 1)),
-        runtime=config["pretrain"].get("runtime_min", 60),
+        nodes=lambda wc: pretrain_geometry(wc.model)[0],
+        ranks=lambda wc: math.prod(pretrain_geometry(wc.model)),
+        ranks_per_node=lambda wc: pretrain_geometry(wc.model)[1],
+        tasks=lambda wc: srun_tasks(*pretrain_geometry(wc.model)),
+        tasks_per_node=lambda wc: srun_tasks_per_node(pretrain_geometry(wc.model)[1]),
+        runtime=lambda wc: pretrain_settings(config, wc.model)["runtime_min"],
         mpi="",
         site_env="",
     shell:
