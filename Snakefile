@@ -4,7 +4,7 @@
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-from geofm.config import ConfigError, schema_path
+from geofm.config import ConfigError, expand_dirs, schema_path
 from geofm.config import validate as cross_check
 
 min_version("9.0")
@@ -23,6 +23,7 @@ validate(config, str(schema_path()))
 # cross-references the schema cannot express (datasets named by other keys, patch sizes, variant cells)
 try:
     cross_check(config, "config")
+    expand_dirs(config, "config")  # results/resources may name a variable ($GEOFM_ORION, profiles/frontier)
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 

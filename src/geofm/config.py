@@ -39,6 +39,24 @@ def _fill_defaults(node: dict, sch: dict) -> None:
             _fill_defaults(node[key], sub)
 
 
+def expand_dirs(cfg: dict, source: str = "config") -> dict:
+    """``results``/``resources`` may name environment variables (profiles/frontier: ``$GEOFM_ORION/results``,
+    on Orion); expanded in place, an unset one is an error naming it."""
+    import os
+    import re
+
+    for key in ("results", "resources"):
+        val = cfg.get(key)
+        if isinstance(val, str) and "$" in val:
+            new = os.path.expanduser(os.path.expandvars(val))
+            left = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", new)
+            if left:
+                raise ConfigError(f"{source}: {key}: {val!r} uses ${left[0]}, which is not set in the environment "
+                                  "(README: On a Slurm cluster)")
+            cfg[key] = new
+    return cfg
+
+
 def pretrain_settings(cfg: dict, model: str) -> dict:
     """The ``pretrain`` section as ``model`` sees it: ``pretrain.per_model.<model>`` over the section."""
     p = dict(cfg["pretrain"])
@@ -68,6 +86,7 @@ def validate(cfg: dict, source: str = "config") -> dict:
         raise ConfigError(f"{source}: invalid configuration:\n" + "\n".join(lines))
     cfg = copy.deepcopy(cfg)
     _fill_defaults(cfg, sch)
+    expand_dirs(cfg, source)
     ds = cfg["datasets"]
     if cfg["pretrain_dataset"] not in ds:
         raise ConfigError(f"{source}: pretrain_dataset {cfg['pretrain_dataset']!r} is not under datasets "

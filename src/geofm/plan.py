@@ -27,7 +27,7 @@ CELL_RE = re.compile(r"(?:^|/)profile/(?P<model>[A-Za-z0-9_]+)/(?P<strategy>[A-Z
 # minutes of a pretraining chunk that train nothing: start-up, resume, and the checkpoint written at the
 # walltime signal (profiles/frontier: sbatch --signal=USR1@300)
 CHUNK_OVERHEAD_MIN = 15
-TILE_RUNTIME_MIN = 120
+TILE_RETRIES = 1  # workflow/rules/tiles.smk: a tile job that dies resumes from its finished shards
 
 
 class PlanError(ValueError):
@@ -151,8 +151,9 @@ def study_plan(cfg: dict, cell_paths) -> dict:
     jobs = []
     tile_nodes = int(cfg.get("scheduler", {}).get("tile_nodes", 1))
     for ds in tiled_datasets(cfg):
-        jobs.append({"rule": "tile", "name": ds, "nodes": tile_nodes, "runtime_min": TILE_RUNTIME_MIN,
-                     "submissions": 1})
+        jobs.append({"rule": "tile", "name": ds, "nodes": tile_nodes,
+                     "runtime_min": int(cfg["scheduler"].get("tile_runtime_min", 120)),
+                     "submissions": 1 + TILE_RETRIES})
     pre = []
     for m in cfg["models"]:
         pp = pretrain_plan(cfg, m)

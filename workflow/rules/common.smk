@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from geofm.config import evaluate_settings, pretrain_settings
-from geofm.plan import profile_bundles
+from geofm.plan import TILE_RETRIES, profile_bundles
 
 RES = config["results"]
 RAW = config["resources"]
