@@ -1,5 +1,6 @@
 """The DAG end to end on a tiny config in a temporary directory, via the Snakemake CLI."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -123,9 +124,17 @@ def test_paper_study_dry_run_lists_every_job(tmp_path):
     for strategy in ("DDP", "NO_SHARD", "SHARD_GRAD_OP", "FULL_SHARD", "HYBRID_16GPUs"):
         assert f"/{strategy}/128n.json" in text
     counts = dict(line.split()[:2] for line in text.splitlines() if line.split()[:1] and line.split()[0] in
-                  ("pretrain", "evaluate", "profile", "download", "tile"))
+                  ("pretrain", "evaluate", "download", "tile"))
+    # evaluate: one job per model (3 protocols x 4 datasets each)
+    assert counts == {"download": "5", "tile": "5", "pretrain": "6", "evaluate": "6"}
     # profile: 6 models x 9 strategies x 8 node counts (base) + the variants of config/config.yaml:
-    # noprefetch and prefetch2 (ViT-5B, 3 strategies, 8 nodes: 3 + 3) and compile (6 models x 2 x 2: 24)
-    assert counts == {"download": "5", "tile": "5", "pretrain": "6", "evaluate": "72", "profile": "462"}
+    # noprefetch and prefetch2 (ViT-5B, 3 strategies, 8 nodes: 3 + 3) and compile (6 models x 2 x 2: 24) =
+    # 462 cells, in one job per model x node count (49: ViT-5B x 8 nodes has 17 cells, two 2-hour jobs)
+    bundles = {ln.split()[0]: int(ln.split()[1]) for ln in text.splitlines()
+               if re.match(r"^profile_\w+\s+\d+$", ln)}
+    assert len(bundles) == 49 and set(bundles.values()) == {1}
+    assert "profile_vit_5b_8n_1" in bundles and "profile_vit_5b_8n_2" in bundles
+    cells = set(re.findall(r"results/profile/\S+?\.json", text))
+    assert len(cells) == 462
     assert "results/profile/vit_5b/HYBRID_16GPUs/8n.noprefetch.json" in text
     assert "results/profile/vit_15b/HYBRID_8GPUs/8n.compile.json" in text

@@ -137,6 +137,7 @@ def finetune_config(ev: dict, seed: int):
         crop_scale=tuple(float(v) for v in ev.get("finetune_crop_scale", d.crop_scale)),
         pool=str(ev.get("pool", d.pool)), head_norm=str(ev.get("finetune_head_norm", d.head_norm)),
         strategy=str(ev.get("finetune_strategy", d.strategy)), precision=str(ev.get("finetune_precision", d.precision)),
+        activation_checkpointing=int(ev.get("finetune_activation_checkpointing", d.activation_checkpointing)),
         seed=seed)
 
 
@@ -209,7 +210,8 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
     cache_dir = results / "eval" / "features"
     st = encoder_path.stat()
     stats_file = tiles_dir / "stats.json"
-    tiles_id = {"image_size": image_size, "pool": pool,
+    fprec = str(ev.get("feature_precision", "fp32"))
+    tiles_id = {"image_size": image_size, "pool": pool, "precision": fprec,
                 "tiles_mtime_ns": stats_file.stat().st_mtime_ns if stats_file.exists() else None}
     fingerprints = {  # cached features are reused only for the same encoder file and the same tiles
         "pretrained": (step, {**tiles_id, "encoder_bytes": st.st_size, "encoder_mtime_ns": st.st_mtime_ns}),
@@ -234,21 +236,21 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
                                     fcfg, device=device)
             # logits of the test split, through the same (rank-split) path as the features
             scores = extract_features(clf, test.images, train.mean, train.std, image_size, bs,
-                                      device=device).numpy()
+                                      device=device, precision=fcfg.precision).numpy()
             used = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(fcfg).items()}
             extra_rec = {"train_history": history[-1:] if history else [],
                          "feature_dim": int(getattr(enc, "width", 0))}
             del clf
         else:
             fstep, extra = fingerprints[which]
-            runner = shard_encoder(enc, device, pool) if shard else enc
+            runner = shard_encoder(enc, device, pool, precision=fprec) if shard else enc
             feats = {}
             for name, sp in (("train", train), ("test", test)):
                 key = cache_key(model, fstep, dataset, name, **extra)
                 feats[name] = extract_features(
                     runner, sp.images, train.mean, train.std, image_size, bs, device=device,
                     cache_path=cache_file(cache_dir, key) if use_cache else None, cache_key=key,
-                    pool="mean" if shard else pool)
+                    pool="mean" if shard else pool, precision="fp32" if shard else fprec)
             del runner
             scores, used = _classifier_scores(protocol, ev, feats["train"], torch.as_tensor(train.labels),
                                               feats["test"], n_classes, seed)
@@ -263,7 +265,7 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
     record["checkpoint_step"] = step
     record["config"] = ev
     record["settings"] = {"image_size": image_size, "in_chans": in_chans, "seed": seed, "device": str(device),
-                          "pool": pool, "world_size": world, "classes": classes, **used}
+                          "pool": pool, "world_size": world, "feature_precision": fprec, "classes": classes, **used}
     if rank != 0:  # rank 0 writes; the others return the same record
         return record
 
