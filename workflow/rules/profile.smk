@@ -48,5 +48,6 @@ for _b in PROFILE_BUNDLES:
             SITE_ENV + LAUNCH_PREFIX + "{GEOFM} profile-bundle --config {CFG} --cells {params.cells} "
             '--launch "$GEOFM_LAUNCH" > {log} 2>&1'
 
-    _own = workflow.resource_settings._parsed_overwrite_resources.get(_name, {})
-    workflow.get_rule(_name).resources.update({k: v for k, v in _PROFILE_SET.items() if k not in _own})
+    # as Snakemake applies set-resources to a rule by name: the `profile` entries, then any of its own
+    workflow.get_rule(_name).resources.update(_PROFILE_SET)
+    workflow.get_rule(_name).resources.update(workflow.resource_settings._parsed_overwrite_resources.get(_name, {}))
