@@ -27,4 +27,5 @@ rule pretrain:
         mpi="",
         site_env="",
     shell:
-        SITE_ENV + LAUNCH + "{GEOFM} pretrain --config {CFG} --model {wildcards.model} > {log} 2>&1"
+        # >>: the log keeps every chunk of a resubmitted run
+        SITE_ENV + LAUNCH + "{GEOFM} pretrain --config {CFG} --model {wildcards.model} >> {log} 2>&1"
