@@ -246,6 +246,15 @@ def tile_dataset(name: str, ds_cfg: dict, raw_dir, out_dir, parent_raw_dir=None,
 # ----------------------------------------------------------------------------------------------------------
 # geotiff_scenes
 # ----------------------------------------------------------------------------------------------------------
+def _walk(root: Path):
+    """Every path under ``root``, following directory links (a by-hand dataset is linked into raw_dir;
+    ``Path.rglob`` does not descend into links before Python 3.13)."""
+    for d, dirs, files in os.walk(root, followlinks=True):
+        dirs.sort()
+        for n in sorted(dirs + files):
+            yield Path(d) / n
+
+
 def _rel(p: Path, root: Path) -> str:
     try:
         return p.relative_to(root).as_posix()
@@ -267,7 +276,7 @@ def _find_scene_files(raw_dir: Path, ds_cfg: dict) -> list[list[Path]]:
                 raise DataError(f"band_files pattern {pat!r} matches no file under {raw_dir}")
             files += [m for m in matches if m not in files]
         return [files]
-    files = sorted(p for p in raw_dir.rglob("*") if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES
+    files = sorted(p for p in _walk(raw_dir) if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES
                    and not p.name.lower().endswith(("_labels.tif", "_labels.tiff")) and not p.name.startswith("."))
     return [[p] for p in files]
 
@@ -678,7 +687,7 @@ def _extract_rar(path: Path, dest: Path) -> Path:
 
 def _find_class_root(root: Path, marker: str, fallback: bool = True) -> Path | None:
     """Directory whose sub-directories are the classes (one named ``marker``, else any if ``fallback``)."""
-    for p in sorted(root.rglob(marker)) if marker else []:
+    for p in sorted(p for p in _walk(root) if p.name == marker) if marker else []:
         if p.is_dir() and any(c.is_dir() for c in p.iterdir()):
             return p
     if not fallback and marker:
@@ -718,7 +727,7 @@ def _decode_image(path: str, S: int) -> tuple[np.ndarray, dict]:
 
 def _collect_class_items(b: _Builder, fmt, marker, ds_cfg, raw_dir: Path) -> list[tuple[str, Path, str]]:
     """Extract the archives under ``raw_dir`` (zip, rar) and list ``(class_name, path, source)`` per image."""
-    archives = sorted(p for p in raw_dir.rglob("*") if p.is_file() and p.suffix.lower() in (".zip", ".rar"))
+    archives = sorted(p for p in _walk(raw_dir) if p.is_file() and p.suffix.lower() in (".zip", ".rar"))
     roots = []
     for i, z in enumerate(archives):
         dest = b.tmp / f"_extract{i}"
