@@ -1,31 +1,34 @@
 # GeoFM-Scale: the whole study as one DAG.
 #   snakemake --profile profiles/local                      # the embedded demo (config/demo.yaml)
 #   snakemake --profile profiles/frontier --configfile config/config.yaml
-from snakemake.exceptions import WorkflowError
-from snakemake.utils import min_version, validate
+import sys
 
-from geofm.config import ConfigError, expand_dirs, schema_path
-from geofm.config import validate as cross_check
+from snakemake.utils import min_version
+
+from geofm.config import ConfigError, type_overrides
+from geofm.config import validate as validate_config
 
 min_version("9.0")
 
 
 # The embedded demo is the default; a config file given on the command line or by a profile replaces it
-# (instead of being merged over it, so that no demo dataset or variant leaks into another study).
+# (instead of being merged over it, so that no demo dataset or variant leaks into another study). Values
+# given with --config are merged over that file key by key (nested mappings too).
 if not workflow.overwrite_configfiles:
 
     configfile: "config/demo.yaml"
 
 
-
-# workflow/schemas/config.schema.yaml links to this file, which ships inside the geofm package
-validate(config, str(schema_path()))
-# cross-references the schema cannot express (datasets named by other keys, patch sizes, variant cells)
+# Snakemake parses nested --config values with YAML's BaseLoader (as strings): type them by the schema
+# first, so that `--config 'pretrain={"steps": 50}'` means the integer 50. Then validate against the schema
+# (workflow/schemas/config.schema.yaml links to the copy inside the geofm package) and the cross-references
+# it cannot express; a bad key or value stops here, before any job, with at most three lines naming it.
 try:
-    cross_check(config, "config")
-    expand_dirs(config, "config")  # results/resources may name a variable ($GEOFM_ORION, profiles/frontier)
+    type_overrides(config, workflow.config_settings.config)
+    _checked = validate_config(config, "config")
 except ConfigError as exc:
-    raise WorkflowError(str(exc)) from None
+    sys.exit(str(exc))
+config.update(_checked)  # with the schema's defaults filled in
 
 
 include: "workflow/rules/common.smk"
@@ -34,6 +37,7 @@ include: "workflow/rules/tiles.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/profile.smk"
+include: "workflow/rules/plan.smk"
 include: "workflow/rules/figures.smk"
 
 

@@ -8,8 +8,9 @@
     geofm profile   --config C --model M --strategy S --nodes N [--variant V] --out F
     geofm profile-bundle  --config C --cells F [F ...] [--launch CMD]   (profile cells of one batch job)
     geofm evaluate-bundle --config C --model M [--launch CMD]          (every protocol x dataset of M)
-    geofm plan      --config C          (batch jobs, submissions and node-hours of the study)
+    geofm schedule  --config C          (batch jobs, submissions, walltime chunks vs the scheduler's limits)
     geofm figures   --config C
+    geofm plan      --config C --out plan.csv [--summary S.json] [--cluster NAME] [--validate]
 
 Multi-process stages (pretrain, profile) run as one rank each when started by torchrun or srun; started
 plainly with more than one process requested, they re-launch themselves under a local torchrun.
@@ -23,7 +24,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import ConfigError, digest, load_config, rule_params
+from .provenance import provenance
 
 
 def _in_distributed_env() -> bool:
@@ -45,7 +47,7 @@ def _relaunch(nprocs: int, argv: list[str]) -> int:
 def _train_config(cfg: dict, model: str, data: str, section: dict, **over) -> "TrainConfig":
     from .train.pretrain import TrainConfig
 
-    d = {k: v for k, v in section.items() if k not in ("nodes", "procs_per_node", "runtime_min", "models",
+    d = {k: v for k, v in section.items() if k not in ("nodes", "procs_per_node", "runtime_min", "protect", "models",
                                                         "strategies", "device_memory_gb", "warmup_steps_profile",
                                                         "retries", "expected_mfu", "device_peak_tflops",
                                                         "per_model")}
@@ -137,6 +139,7 @@ def cmd_profile(args, cfg, argv):
     rec = profile_run(tc, args.nodes, pr.get("warmup_steps", 2), pr.get("steps", 5), pr.get("device_memory_gb"),
                       variant=variant, variant_settings=own)
     if detect().rank == 0:
+        rec["provenance"] = provenance(digest(rule_params(cfg, "profile", model=args.model, variant=variant)))
         write_json(rec, args.out)
         print(json.dumps({k: rec.get(k) for k in ("model", "strategy", "nodes", "variant", "status", "images_per_s",
                                                   "mfu", "comm_share")}))
@@ -163,7 +166,7 @@ def cmd_profile_bundle(args, cfg):
     """The profile cells of one allocation (one model x node count), one after another, each its own
     srun step, output and log; a failing or over-budget cell records its failure and the rest go on."""
     from .bundle import BundleCell, run_bundle
-    from .plan import parse_cell
+    from .schedule import parse_cell
 
     res = Path(cfg["results"])
     cells = []
@@ -197,12 +200,12 @@ def cmd_evaluate_bundle(args, cfg):
     return 0 if all(Path(o).exists() for o in done) else 1
 
 
-def cmd_plan(args, cfg):
-    from .plan import cell_paths_of, format_plan, study_plan
+def cmd_schedule(args, cfg):
+    from .schedule import cell_paths_of, format_schedule, study_schedule
 
-    plan = study_plan(cfg, cell_paths_of(cfg))
-    print(format_plan(plan))
-    return 1 if plan["problems"] else 0
+    sched = study_schedule(cfg, cell_paths_of(cfg))
+    print(format_schedule(sched))
+    return 1 if sched["problems"] else 0
 
 
 def cmd_figures(args, cfg):
@@ -213,19 +216,151 @@ def cmd_figures(args, cfg):
         print(p)
 
 
+# What each stage reads, writes and does, with one example: `geofm <stage> --help` (R: results, S: resources).
+STAGES = {
+    "validate": ("check a config file against the schema and its cross-references; writes nothing",
+                 "reads the config file; prints its model and dataset counts, or the offending key path, the bad "
+                 "value and what is allowed",
+                 "geofm validate --config config/config.yaml"),
+    "download": ("fetch, copy or synthesize one dataset and verify its checksums",
+                 "reads datasets.<D> (url / path / synthetic settings); writes S/raw/<D>/ and "
+                 "S/raw/<D>/download.json (files, sha256, bytes); resumes and retries downloads",
+                 "geofm download --config config/demo.yaml --dataset demo_scenes"),
+    "tile": ("cut scenes into tiles / pack classification images into uint8 shards",
+             "reads S/raw/<D>/ and datasets.<D> (tile_size, stride, splits); writes R/tiles/<D>/: shard-*.npy, "
+             "manifest.parquet (GeoParquet), stats.json (band mean/std), rejected.csv",
+             "geofm tile --config config/demo.yaml --dataset demo_scenes"),
+    "pretrain": ("MAE pretraining of one model under the config's FSDP2 strategy",
+                 "reads R/tiles/<pretrain_dataset>/ and the pretrain section; writes R/pretrain/<M>/: "
+                 "checkpoints/ (sharded DCP), metrics.jsonl, encoder.pt, summary.json; resumes a checkpoint of the "
+                 "same config fingerprint whose run is unfinished, else moves old checkpoints aside and starts at "
+                 "step 0; starts its own ranks with torchrun when more than one is configured",
+                 "geofm pretrain --config config/demo.yaml --model demo_tiny"),
+    "evaluate": ("scene classification with the pretrained encoder and the same encoder at random init",
+                 "reads R/pretrain/<M>/encoder.pt, R/tiles/<D>/ and the evaluate section; writes --out (top-1, "
+                 "top-5, per class, provenance) and its .confusion.csv/.png; protocols linprobe, knn, finetune",
+                 "geofm evaluate --config config/demo.yaml --protocol knn --model demo_tiny "
+                 "--dataset demo_landcover --out results/eval/knn/demo_tiny/demo_landcover.json"),
+    "profile": ("throughput and memory of the training step for one model x strategy x node count (x variant)",
+                "reads the profile section (and R/tiles/ for data: real); writes --out: images/s, TFLOP/s, MFU, "
+                "peak memory, time split, communication share, energy, or status 'impossible: ...'",
+                "geofm profile --config config/demo.yaml --model demo_base --strategy FULL_SHARD --nodes 1 "
+                "--out results/profile/demo_base/FULL_SHARD/1n.json"),
+    "figures": ("figures and tables of every result, with the paper's published numbers overlaid",
+                "reads R/eval/, R/pretrain/*/metrics.jsonl, R/profile/ and the paper's reference CSVs; writes "
+                "R/figures/*.png and R/tables/*.csv",
+                "geofm figures --config config/demo.yaml"),
+    "schedule": ("lay the study out as batch jobs and check them against the scheduler's limits",
+                 "reads the config (scheduler, per-model pretrain/evaluate geometry, the profile grid less the cells "
+                 "the memory model rules out); writes nothing; prints every batch job (tile, pretrain chunks, "
+                 "evaluate, profile bundles) with nodes and walltime, the submissions, node-hours and any limit "
+                 "exceeded (exit status 1)",
+                 "geofm schedule --config config/config.yaml"),
+    "profile-bundle": ("run the profile cells of one batch job one after another, each its own launch",
+                       "reads the profile section; writes each --cells file (a failing or over-budget cell its "
+                       "own 'status: failed: ...') and R/logs/profile/<M>/<S>/<N>n.log per cell",
+                       "geofm profile-bundle --config config/demo.yaml "
+                       "--cells results/profile/demo_base/FULL_SHARD/1n.json results/profile/demo_base/DDP/1n.json"),
+    "evaluate-bundle": ("run every protocol x dataset evaluation of one model in one batch job",
+                        "reads R/pretrain/<M>/encoder.pt, R/tiles/<D>/ and the evaluate section; writes "
+                        "R/eval/<P>/<M>/<D>.json per protocol x dataset (a failing one its own failed record) and "
+                        "R/logs/eval/<P>/<M>/<D>.log",
+                        "geofm evaluate-bundle --config config/demo.yaml --model demo_tiny"),
+}
+PLAN_HELP = """Predict images/s, the step's parts (compute, exposed communication, optimizer), peak memory per GPU
+and node-hours of every model x strategy x node count of the config's profile grid on a described cluster
+(plan.cluster; Frontier and a generic 8x H100 InfiniBand cluster ship in geofm/perf/clusters.yaml, more under
+plan.clusters), before any allocation. Cells whose predicted memory exceeds the device's are marked
+"impossible: needs ~X GB of Y" (fits = False); the DAG skips them. The model is calibrated on 1-node figures
+only (the paper's, on Frontier, and this project's own 1-node profile results); its free parameters are
+printed. --validate scores it against the paper's multi-node Frontier measurements and peak memory."""
+
+
+def cmd_plan(args, cfg):
+    from .perf.cluster import load_cluster
+    from .perf.plan import (calibration_for, one_node_times_nodes, plan_rows, pretrain_node_hours,
+                            ring_slowdown_sensitivity, validate, validation_report, write_plan)
+
+    cluster = load_cluster(cfg, args.cluster)
+    cal = calibration_for(cfg, cluster)
+    rows = plan_rows(cfg, cluster, cal)
+    if args.out:
+        write_plan(rows, args.out)
+    ok = [r for r in rows if r["fits"]]
+    grid_nh = sum(r.get("profile_node_hours") or 0.0 for r in ok)
+    pre = pretrain_node_hours(cfg, cluster, cal)
+    pre_nh = sum(v["node_hours"] or 0.0 for v in pre.values())
+    print(f"cluster {cluster.name}: {cluster.description}")
+    print("\n".join(cal.describe()))
+    print("\n".join(cluster.describe_comm()))
+    print(f"profile grid: {len(rows)} cells, {len(ok)} feasible, {len(rows) - len(ok)} impossible; "
+          f"predicted {grid_nh:,.1f} node-hours (feasible cells, {cfg['profile'].get('warmup_steps', 5)} + "
+          f"{cfg['profile'].get('steps', 20)} + 1 steps each plus the job overhead)")
+    pt = cfg["pretrain"]
+    for m, v in pre.items():
+        nh = f"{v['node_hours']:,.1f} node-hours ({v['images_per_s']:,.0f} img/s)" if v["node_hours"] is not None \
+            else v["status"]
+        print(f"pretrain {m}: {pt['strategy']} on {v['nodes']} nodes, {pt.get('steps', 0)} steps: {nh}")
+    print(f"study: {grid_nh + pre_nh:,.1f} node-hours (profile grid {grid_nh:,.1f} + pretraining {pre_nh:,.1f})")
+    summary = {"cluster": cluster.name, "cells": len(rows), "feasible": len(ok),
+               "impossible": [f"{r['model']}/{r['strategy']}/{r['nodes']}n: {r['status']}" for r in rows if not r["fits"]],
+               "profile_node_hours": grid_nh, "pretrain": pre, "pretrain_node_hours": pre_nh,
+               "study_node_hours": grid_nh + pre_nh,
+               "calibration": {"efficiency": cal.efficiency, "ddp_factor": cal.ddp_factor,
+                               "strategy_factor": cal.strategy_factor,
+                               "default_efficiency": cal.default_efficiency, "one_node_cells": len(cal.cells)}}
+    if args.validate:
+        v = validate(cfg)
+        naive = validate(cfg, one_node_times_nodes())
+        print("\nvalidation against the paper (Frontier; calibrated on its 1-node cells only):\n")
+        print(validation_report(v, naive))
+        print("\nsensitivity to the published RCCL shortfall (collective.ring_slowdown; not fitted):\n")
+        print(ring_slowdown_sensitivity(cfg))
+        summary["validation"] = {"fastest_named": v.fastest_named, "pairs": v.fastest_pairs,
+                                 "efficiency_mean_abs_diff_points": v.eff_mean_abs_diff_points,
+                                 "images_per_s_median_abs_err": v.ips_median_abs_err,
+                                 "memory_median_abs_err": v.memory_median_abs_err}
+    if args.summary:
+        from pathlib import Path as _P
+
+        p = _P(args.summary)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(p.suffix + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=2, default=str))
+        os.replace(tmp, p)
+    if args.out:
+        print(f"wrote {args.out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="geofm", description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    import textwrap
+
+    ap = argparse.ArgumentParser(
+        prog="geofm", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="GeoFM-Scale: one subcommand per stage of the study (download -> tile -> pretrain -> evaluate,\n"
+                    "profile -> figures); the Snakemake rules call exactly one each.",
+        epilog="example: geofm tile --config config/demo.yaml --dataset demo_scenes\n"
+               "         geofm pretrain --help   (what a stage reads and writes)")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="STAGE")
 
     def add(name, *opts):
-        sp = sub.add_parser(name)
-        sp.add_argument("--config", required=True)
+        what, io, example = STAGES[name]
+        text = textwrap.fill(f"{io}.", 100) + "\n(R: the config's results directory, S: its resources directory)"
+        sp = sub.add_parser(name, help=what, description=f"{what[0].upper()}{what[1:]}.\n\n{text}",
+                            epilog=f"example: {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.add_argument("--config", required=True, help="the study's YAML config (validated against the schema)")
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (YAML value), e.g. --set pretrain.steps=10")
+        helps = {"dataset": "a name under datasets", "model": "a model registry name (geofm.models.registry)",
+                 "nprocs": "ranks to start (default: nodes x procs_per_node of the config)",
+                 "protocol": "linprobe, knn or finetune", "out": "the result JSON to write",
+                 "strategy": "DDP, NO_SHARD, SHARD_GRAD_OP, FULL_SHARD or HYBRID_<k>GPUs",
+                 "nodes": "node count of the cell (ranks = nodes x profile.procs_per_node)",
+                 "variant": "a name under profile.variants (default: base)"}
         for o in opts:
             sp.add_argument(f"--{o}", required=o not in ("nprocs", "variant"),
-                            type=int if o in ("nodes", "nprocs") else str)
+                            type=int if o in ("nodes", "nprocs") else str, help=helps[o])
         return sp
 
     add("validate")
@@ -235,11 +370,21 @@ def main(argv: list[str] | None = None) -> int:
     add("evaluate", "protocol", "model", "dataset", "out")
     add("profile", "model", "strategy", "nodes", "variant", "out")
     add("figures")
-    add("plan")
+    add("schedule")
     add("evaluate-bundle", "model").add_argument("--launch", default="", help="launcher prefix (srun ...)")
     pb = add("profile-bundle")
     pb.add_argument("--cells", nargs="+", required=True, help="profile cell output paths")
     pb.add_argument("--launch", default="", help="launcher prefix of each cell (srun ...)")
+    sp = sub.add_parser("plan", help="predict throughput, memory and node-hours of the profile grid",
+                        description=PLAN_HELP)
+    sp.add_argument("--config", required=True, help="study config (e.g. config/config.yaml)")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value (YAML value), e.g. --set plan.cluster=h100_ib")
+    sp.add_argument("--out", help="plan CSV: one row per model x strategy x node count")
+    sp.add_argument("--summary", help="JSON with node-hours, impossible cells, calibration (and validation)")
+    sp.add_argument("--cluster", help="cluster to plan for (default: plan.cluster, frontier)")
+    sp.add_argument("--validate", action="store_true",
+                    help="print the validation against the paper's Frontier measurements (markdown tables)")
     args = ap.parse_args(argv)
     try:
         import yaml
@@ -259,17 +404,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd in ("pretrain", "profile"):
         fn = cmd_pretrain if args.cmd == "pretrain" else cmd_profile
         return int(fn(args, cfg, argv) or 0)
-    if args.cmd in ("profile-bundle", "evaluate-bundle", "plan"):
-        fn = {"profile-bundle": cmd_profile_bundle, "evaluate-bundle": cmd_evaluate_bundle, "plan": cmd_plan}
+    if args.cmd in ("profile-bundle", "evaluate-bundle", "schedule"):
+        fn = {"profile-bundle": cmd_profile_bundle, "evaluate-bundle": cmd_evaluate_bundle, "schedule": cmd_schedule}
         return int(fn[args.cmd](args, cfg) or 0)
     try:
         {"validate": cmd_validate, "download": cmd_download, "tile": cmd_tile, "evaluate": cmd_evaluate,
-         "figures": cmd_figures}[args.cmd](args, cfg)
+         "figures": cmd_figures, "plan": cmd_plan}[args.cmd](args, cfg)
     except Exception as exc:  # noqa: BLE001 - user-facing errors get one clear line, bugs a traceback
         from .data import DataError
         from .eval.stages import EvalError
 
-        if not isinstance(exc, (FileNotFoundError, ValueError, KeyError, DataError, EvalError)):
+        if not isinstance(exc, (FileNotFoundError, ValueError, KeyError, DataError, EvalError)):  # ClusterError: a ValueError
             raise
         print(f"geofm {args.cmd}: error: {exc}", file=sys.stderr)
         return 1

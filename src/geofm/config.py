@@ -6,6 +6,10 @@ inside the package too so that ``geofm`` validates on its own. Errors name the o
 from __future__ import annotations
 
 import copy
+import difflib
+import functools
+import hashlib
+import json
 from importlib import resources as ir
 from pathlib import Path
 
@@ -26,7 +30,9 @@ def schema_path() -> Path:
     return Path(str(ir.files("geofm").joinpath("config.schema.yaml")))
 
 
+@functools.lru_cache(maxsize=1)
 def schema() -> dict:
+    """The parsed schema, read once per process (rule_params runs for every job of the DAG); do not mutate."""
     return yaml.safe_load(schema_path().read_text())
 
 
@@ -77,13 +83,9 @@ def validate(cfg: dict, source: str = "config") -> dict:
     if not isinstance(cfg, dict):
         raise ConfigError(f"{source}: the configuration must be a mapping, got {type(cfg).__name__}")
     sch = schema()
-    errors = sorted(jsonschema.Draft202012Validator(sch).iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    errors = sorted(jsonschema.Draft202012Validator(sch).iter_errors(cfg), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
-        lines = []
-        for e in errors[:10]:
-            where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
-            lines.append(f"  {where}: {e.message}")
-        raise ConfigError(f"{source}: invalid configuration:\n" + "\n".join(lines))
+        raise ConfigError(explain(errors, source))
     cfg = copy.deepcopy(cfg)
     _fill_defaults(cfg, sch)
     expand_dirs(cfg, source)
@@ -152,3 +154,218 @@ def deep_update(base: dict, upd: dict) -> dict:
         else:
             out[k] = v
     return out
+
+
+# --------------------------------------------------------------------------- readable errors
+def _show(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _allowed(sch: dict) -> str:
+    """What a (sub)schema accepts, in words: 'one of a, b', 'integer >= 1', a description."""
+    if "enum" in sch:
+        return "one of " + ", ".join(str(v) for v in sch["enum"])
+    if "allowed" in sch:  # a pattern's readable form (definitions.strategy)
+        return sch["allowed"]
+    kind = sch.get("type", "value")
+    bounds = [f"{op} {sch[k]}" for k, op in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="),
+                                             ("exclusiveMaximum", "<")) if k in sch]
+    if "pattern" in sch:
+        bounds.append(f"matching {sch['pattern']}")
+    if "minItems" in sch:
+        bounds.append(f"at least {sch['minItems']} item(s)")
+    return " ".join([kind, *bounds])
+
+
+def explain(errors: list, source: str = "config") -> str:
+    """At most three lines for a failed schema validation: the key path and the bad value, what is allowed
+    (for an unknown key: the nearest valid key and the keys allowed there), and how many more problems."""
+    e = errors[0]
+    path = [str(p) for p in e.absolute_path]
+    where = ".".join(path)
+    if e.validator == "additionalProperties" and isinstance(e.instance, dict):
+        known = list(e.schema.get("properties", {}))
+        extra = [k for k in e.instance if k not in known]
+        key = extra[0] if extra else "?"
+        full = ".".join([*path, str(key)])
+        near = difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
+        hint = f"; did you mean {'.'.join([*path, near[0]])}?" if near else ""
+        head = f"{source}: {full}: unknown key (value {_show(e.instance.get(key))}){hint}"
+        body = f"  allowed under {where or 'the top level'}: {', '.join(known)}"
+    elif e.validator == "required":
+        head = f"{source}: {where or 'top level'}: {e.message}"
+        body = f"  required keys there: {', '.join(e.validator_value)}"
+    else:
+        head = f"{source}: {where or 'top level'}: {_show(e.instance)} is not allowed"
+        body = f"  allowed: {_allowed(e.schema)}"
+    lines = [head, body]
+    if len(errors) > 1:
+        more = dict.fromkeys(".".join(str(p) for p in x.absolute_path) or "top level" for x in errors[1:])
+        lines.append(f"  ({len(errors) - 1} more: {', '.join(list(more)[:4])}{', ...' if len(more) > 4 else ''})")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- --config overrides
+def _subschema(sch: dict, root: dict, key) -> dict | None:
+    """The schema of ``key`` (a mapping key or a list index) below ``sch``, $refs resolved."""
+    if isinstance(key, int):
+        node = sch.get("items")
+    else:
+        node = sch.get("properties", {}).get(key)
+        if node is None and isinstance(sch.get("additionalProperties"), dict):
+            node = sch["additionalProperties"]
+    while isinstance(node, dict) and "$ref" in node:
+        target = root
+        for part in node["$ref"].split("/")[1:]:
+            target = target[part]
+        node = target
+    return node
+
+
+def _typed(value, sch: dict | None, root: dict):
+    """``value`` as the schema's type where it is a string that reads as one (``'50'`` -> 50 for an integer,
+    ``'true'`` -> True for a boolean); containers element by element; anything else unchanged (the schema
+    validation then names it)."""
+    if sch is None:
+        return value
+    if isinstance(value, dict):
+        return {k: _typed(v, _subschema(sch, root, k), root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_typed(v, _subschema(sch, root, 0), root) for v in value]
+    if not isinstance(value, str):
+        return value
+    kind = sch.get("type")
+    text = value.strip()
+    try:
+        if kind == "integer" and text.lstrip("+-").isdigit():
+            return int(text)
+        if kind == "number":
+            return float(text) if any(c in text.lower() for c in ".en") else int(text)
+    except ValueError:
+        return value
+    if kind == "boolean" and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return value
+
+
+def type_overrides(cfg: dict, overrides: dict) -> dict:
+    """Type the values that ``overrides`` (Snakemake's ``--config``, which it parses with YAML's BaseLoader, so
+    nested values arrive as strings) put into ``cfg``, by the schema; in place, returns ``cfg``. Values from
+    config files are left as they are: a quoted number there stays an error."""
+    root = schema()
+
+    def walk(node: dict, over: dict, sch: dict | None):
+        for k, v in over.items():
+            sub = _subschema(sch, root, k) if sch else None
+            if isinstance(v, dict) and isinstance(node.get(k), dict):
+                walk(node[k], v, sub)
+            elif k in node:
+                node[k] = _typed(node[k], sub, root)
+
+    walk(cfg, overrides or {}, root)
+    return cfg
+
+
+# --------------------------------------------------------------------------- what each rule's outputs depend on
+def canonical(obj):
+    """``obj`` with every mapping's keys sorted (tuples as lists): a stable repr for Snakemake's params."""
+    if isinstance(obj, dict):
+        return {str(k): canonical(obj[k]) for k in sorted(obj, key=str)}
+    if isinstance(obj, (list, tuple)):
+        return [canonical(v) for v in obj]
+    return obj
+
+
+def digest(obj, n: int = 16) -> str:
+    """A short sha256 of ``obj``'s canonical JSON (the config fingerprints in result files)."""
+    text = json.dumps(canonical(obj), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def _props(section: str) -> dict:
+    return schema()["properties"][section]["properties"]
+
+
+def section_keys(cfg: dict, section: str, exclude: tuple = ("never",), values: dict | None = None) -> dict:
+    """``cfg[section]`` (or ``values``: that section as one model sees it, e.g. ``pretrain_settings``) less the
+    keys whose schema entry says ``x-rerun`` is in ``exclude``."""
+    props = _props(section)
+    return {k: v for k, v in (cfg.get(section) or {} if values is None else values).items()
+            if (props.get(k) or {}).get("x-rerun") not in exclude}
+
+
+def dataset_params(cfg: dict, name: str, rule: str) -> dict:
+    """The part of ``datasets.<name>`` that rule ``download`` or ``tile`` reads (schema ``x-rules``)."""
+    props = schema()["properties"]["datasets"]["additionalProperties"]["properties"]
+    ds = cfg["datasets"][name]
+    out = {k: v for k, v in ds.items() if rule in (props.get(k) or {}).get("x-rules", ["tile"])}
+    if "seed" not in ds and (rule == "tile" or ds.get("source") == "synthetic"):
+        out["seed"] = cfg.get("seed", 0)  # what geofm.data.stages falls back to
+    if rule == "tile" and not ds.get("tile_size") and not ds.get("image_size"):
+        out["image_size"] = cfg.get("image_size")
+    return out
+
+
+def _spec(model: str) -> dict:
+    import dataclasses
+
+    from .models.registry import get_spec
+
+    spec = dataclasses.asdict(get_spec(model))
+    return {k: spec[k] for k in ("width", "depth", "mlp", "heads", "patch")}  # the shape, not the labels
+
+
+def _reference_tables() -> dict:
+    ref = Path(str(ir.files("geofm").joinpath("plots", "reference")))
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in sorted(ref.glob("*.csv"))}
+
+
+def profile_effective(cfg: dict, variant: str) -> dict:
+    """A profile cell's settings: the profile section (less its grid lists) under the variant's overrides,
+    with the step settings it inherits from ``pretrain`` when the profile section does not set them."""
+    prof = cfg["profile"]
+    own = {k: v for k, v in ((prof.get("variants") or {}).get(variant) or {}).items() if k in PROFILE_VARIANT_KEYS}
+    eff = {k: v for k, v in section_keys(cfg, "profile").items() if k not in ("models", "strategies", "nodes",
+                                                                                "variants")}
+    eff.update(own)
+    pre = cfg.get("pretrain") or {}
+    props = _props("pretrain")
+    step = {k: v for k, v in pre.items() if (props.get(k) or {}).get("x-profile") and k not in eff}
+    return {"variant": variant, "profile": eff, "pretrain": step}
+
+
+def rule_params(cfg: dict, rule: str, dataset: str | None = None, model: str | None = None,
+                protocol: str | None = None, variant: str | None = None) -> dict:
+    """The part of the (validated) config that determines the outputs of one job of ``rule``: the Snakemake
+    rules declare it as ``params:`` (so that Snakemake's params trigger reruns exactly the jobs a change
+    touches) and the result JSONs record its digest. Keys are sorted and no path of the checkout is in it."""
+    if rule in ("download", "tile"):
+        out = {"dataset": dataset, **dataset_params(cfg, dataset, rule)}
+    elif rule == "pretrain":
+        ds = cfg["pretrain_dataset"]
+        out = {"model": model, "spec": _spec(model), "image_size": cfg.get("image_size"), "seed": cfg.get("seed", 0),
+               "pretrain": section_keys(cfg, "pretrain", values=pretrain_settings(cfg, model)),
+               "dataset": {"name": ds, **dataset_params(cfg, ds, "tile")}}
+    elif rule == "evaluate":
+        props = _props("evaluate")
+        ev = {k: v for k, v in section_keys(cfg, "evaluate", values=evaluate_settings(cfg, model)).items()
+              if protocol in (props.get(k) or {}).get("x-protocol", [protocol])}
+        out = {"protocol": protocol, "model": model, "dataset": dataset, "image_size": cfg.get("image_size"),
+               "seed": cfg.get("seed", 0), "evaluate": ev}
+    elif rule == "profile":
+        eff = profile_effective(cfg, variant)
+        if eff["profile"].get("data", "synthetic") == "real":
+            eff["dataset"] = cfg["pretrain_dataset"]
+        out = {"model": model, "spec": _spec(model), "image_size": cfg.get("image_size"), "seed": cfg.get("seed", 0),
+               **eff}
+    elif rule == "plan":  # geofm.perf reads the profile grid, the pretraining plan and the models' shapes
+        names = sorted(set(cfg["profile"]["models"]) | set(cfg["models"]))
+        out = {"plan": section_keys(cfg, "plan"), "profile": section_keys(cfg, "profile"),
+               "pretrain": section_keys(cfg, "pretrain"), "specs": {m: _spec(m) for m in names},
+               "image_size": cfg.get("image_size"), "paper_reference": _reference_tables()}
+    elif rule == "figures":
+        out = {"paper_reference": _reference_tables()}
+    else:
+        raise ValueError(f"no params for rule {rule!r}")
+    return canonical(out)

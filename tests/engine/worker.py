@@ -1,7 +1,9 @@
 """Entry point for the multi-process tests: ``torchrun ... worker.py '<json>'``.
 
 ``{"mode": "train", "cfg": {...TrainConfig...}, "out": dir}`` runs pretraining;
-``{"mode": "meta", "model": name, "image_size": n, "strategy": s}`` reports per-rank parameter memory.
+``{"mode": "meta", "model": name, "image_size": n, "strategy": s}`` reports per-rank parameter memory;
+``{"mode": "prefetch", "backward": d, "forward": f, "out": path}`` records the order of FSDP2 all-gathers
+against block compute in one training step (see :func:`prefetch_order`).
 """
 import json
 import resource
@@ -10,6 +12,9 @@ import sys
 
 def main():
     args = json.loads(sys.argv[1])
+    if args["mode"] == "prefetch":
+        prefetch_order(args)
+        return
     if args["mode"] == "train":
         from geofm.train.pretrain import TrainConfig, WalltimeStop, train
 
@@ -37,6 +42,62 @@ def main():
     out = {"rank": de.rank, "local": local, "total": total, "rss_growth_mb": (rss1 - rss0) / 1024}
     with open(f"{args['out']}.{de.rank}.json", "w") as fh:
         json.dump(out, fh)
+    launch.shutdown()
+
+
+def prefetch_order(args):
+    """FULL_SHARD test_micro MAE (4 blocks) on this world; rank 0 writes the event list of its second step.
+
+    Events: ``["AG", m]`` when FSDP2 issues module m's all-gather (``foreach_all_gather`` wrapped in the
+    module FSDP2 calls it from, ``_fsdp_param_group``), ``["F", m]`` when m's forward computation starts (a
+    pre-hook on the block's attention; the root's on the patch embedding), ``["B", m]`` when m's backward
+    computation starts (a full backward pre-hook on the block's MLP; the root's on the decoder head), and
+    ``["BACKWARD"]`` between the passes. m is ``root`` or ``b0`` … ``b3`` (encoder then decoder blocks).
+    """
+    import torch
+    from torch.distributed.fsdp._fully_shard import _fsdp_param_group as fpg
+
+    from geofm.distributed import launch
+    from geofm.distributed.parallelize import parallelize, parse_strategy, transformer_blocks
+    from geofm.models.mae import build_mae, materialize
+
+    de, dev = launch.init("cpu")
+    torch.manual_seed(0)
+    model = build_mae("test_micro", 16, 3, device="meta", decoder_dim=32, decoder_depth=2, decoder_heads=2)
+    parallelize(model, parse_strategy("FULL_SHARD"), de.world_size, dev, precision="fp32",
+                backward_prefetch=args["backward"], forward_prefetch=args["forward"])
+    materialize(model, dev, seed=0)
+    blocks = [b for bl in transformer_blocks(model) for b in bl]
+    names = {id(model._get_fsdp_state()._fsdp_param_group.fsdp_params[0]): "root"}
+    names.update({id(b._get_fsdp_state()._fsdp_param_group.fsdp_params[0]): f"b{i}" for i, b in enumerate(blocks)})
+    events, on = [], [False]
+
+    def note(*ev):
+        if on[0]:
+            events.append(list(ev))
+
+    real = fpg.foreach_all_gather
+
+    def all_gather(fsdp_params, *a, **kw):
+        note("AG", names[id(fsdp_params[0])])
+        return real(fsdp_params, *a, **kw)
+
+    fpg.foreach_all_gather = all_gather
+    model.encoder.patch_embed.register_forward_pre_hook(lambda *_: note("F", "root"))
+    model.decoder_pred.register_full_backward_pre_hook(lambda *_: note("B", "root"))
+    for i, b in enumerate(blocks):
+        b.attn.register_forward_pre_hook(lambda *_, i=i: note("F", f"b{i}"))
+        b.mlp.register_full_backward_pre_hook(lambda *_, i=i: note("B", f"b{i}"))
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    noise = torch.rand(2, 16, generator=torch.Generator().manual_seed(2))
+    for step in range(2):
+        on[0] = step == 1  # the first step also runs FSDP2's lazy initialisation
+        loss = model(x, 0.75, noise)[0]
+        note("BACKWARD")
+        loss.backward()
+    if de.rank == 0:
+        with open(args["out"], "w") as fh:
+            json.dump(events, fh)
     launch.shutdown()
 
 

@@ -24,6 +24,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from geofm.perf.plan import cell_feasibility
+
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 COPY = ["Snakefile", "workflow", "config", "profiles", "envs"]
@@ -145,18 +147,24 @@ def test_cluster_dry_run_lists_every_job(dry_runs, site):
     used = {cfg["pretrain_dataset"], *cfg["eval_datasets"]}
     used |= {cfg["datasets"][d]["from"] for d in used if cfg["datasets"][d].get("source") == "derived"}
     from geofm.config import validate
-    from geofm.plan import cell_paths_of, profile_bundles
+    from geofm.schedule import cell_paths_of, profile_bundles
 
     bundles = profile_bundles(validate(cfg), cell_paths_of(validate(cfg)))
     expected = {
         "download": len(used), "tile": len(used), "pretrain": len(cfg["models"]),
         "evaluate": len(cfg["models"]),  # one job per model: every protocol x dataset
-        **{"profile_" + b.name.replace("-", "_"): 1 for b in bundles},  # one job per model x node count
-        "figures": 1, "all": 1,
+        # one job per model x node count, holding only the cells the memory model finds feasible
+        **{"profile_" + b.name.replace("-", "_"): 1 for b in bundles},
+        "plan": 1, "figures": 1, "all": 1,
     }
     expected["total"] = sum(expected.values())
     assert _job_stats(text) == expected
-    assert sum(len(b.cells) for b in bundles) == 462 and len(bundles) == 49
+    # the base grid + its variants, less the cells the memory model rules out (README: Impossible cells)
+    pr = cfg["profile"]
+    feasible = sum(1 for v in [{}, *(pr.get("variants") or {}).values()]
+                   for m in v.get("models", pr["models"]) for s in v.get("strategies", pr["strategies"])
+                   for n in v.get("nodes", pr["nodes"]) if cell_feasibility(validate(cfg), m, s, n, v)[0] == "ok")
+    assert sum(len(b.cells) for b in bundles) == feasible and len(bundles) == 49
     # every batch job of the study at once stays under Frontier's 100 queued jobs per user
     assert expected["total"] - expected["download"] - expected["figures"] - expected["all"] <= 100
     # the account comes from the environment, never from the repository
@@ -174,7 +182,7 @@ def test_cluster_sbatch_matches_config(dry_runs, site):
     jobs = _parse_dry_run(text)
 
     from geofm.config import evaluate_settings, pretrain_settings, validate
-    from geofm.plan import cell_paths_of, profile_bundles
+    from geofm.schedule import cell_paths_of, profile_bundles
 
     vcfg = validate(cfg)
     assert not any("runtime" in r for r in prof.get("set-resources", {}).values())  # the config's runtime wins
@@ -329,12 +337,12 @@ def test_paper_shaped_study_through_slurm(tmp_path):
     assert too_long.returncode != 0  # over the partition's limit: rejected at submission, as on Frontier
 
     from geofm.config import validate
-    from geofm.plan import cell_paths_of, study_plan
+    from geofm.schedule import cell_paths_of, study_schedule
 
     wd = _copy_workflow(tmp_path / "wf")
     (wd / "tiny.yaml").write_text(TINY)
     cfg = validate(yaml.safe_load(TINY))
-    plan = study_plan(cfg, cell_paths_of(cfg))
+    plan = study_schedule(cfg, cell_paths_of(cfg))
     assert plan["problems"] == [] and plan["profile_cells"] == 5
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
     t0 = time.time()

@@ -99,9 +99,10 @@ def test_encoder_flops_match_counter():
 
 
 def test_mfu_known_case():
-    from geofm.train.metrics import PEAK_TFLOPS_BF16, mfu
+    from geofm.profile.peaks import DEVICES
+    from geofm.train.metrics import mfu
 
     # ViT-3B figure from the issue: 371 img/s on an H200 at 57 % of a measured 808 TFLOP/s roof
     per_img = flops.mae_train_flops_per_image("vit_3b", 224)
     assert 371 * per_img / 808e12 == pytest.approx(0.57, abs=0.05)
-    assert mfu(PEAK_TFLOPS_BF16["H100"] * 1e12 / 2, PEAK_TFLOPS_BF16["H100"]) == pytest.approx(0.5)
+    assert mfu(DEVICES["H100_SXM"].bf16 * 1e12 / 2, DEVICES["H100_SXM"].bf16) == pytest.approx(0.5)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from geofm.config import evaluate_settings, pretrain_settings
-from geofm.plan import TILE_RETRIES, profile_bundles
+from geofm.config import evaluate_settings, pretrain_settings, rule_params
+from geofm.schedule import TILE_RETRIES, profile_bundles
 
 RES = config["results"]
 RAW = config["resources"]
@@ -30,7 +30,12 @@ wildcard_constraints:
 
 
 def effective_config() -> str:
-    """The merged config (config files + --config) as one file the CLI reads; rewritten only on change."""
+    """The merged config (config files + --config) as one file the CLI reads; rewritten only on change.
+
+    Its content-addressed name appears only in the formatted command of a job, never in a rule's shell text
+    (Snakemake's code trigger compares the unformatted text, snakemake/persistence `_code`), so a changed key
+    reruns only the jobs whose `params:` (geofm.config.rule_params) it changes, and two runs with different
+    configs in one directory never read each other's file."""
     text = yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     path = Path(".snakemake") / "geofm" / f"config-{digest}.yaml"
@@ -44,7 +49,8 @@ def effective_config() -> str:
 
 
 CFG = effective_config()
-GEOFM = "geofm"
+# the paper study's pretrained encoders are write-protected once made (pretrain.protect; off in the demo)
+PROTECT = protected if config["pretrain"].get("protect") else (lambda path: path)
 
 
 def tiles_of(dataset):
@@ -112,8 +118,11 @@ LAUNCH_PREFIX = ('MPI="{resources.mpi}"; GEOFM_LAUNCH="${{MPI:+$MPI --nodes={res
 # A site environment script (modules, venv, RCCL/NCCL and MIOpen settings) sourced first by the rules
 # that run on compute nodes; a cluster profile sets the resource `site_env` (e.g. envs/frontier/env.sh),
 # relative to the repository; locally it is empty and nothing is sourced.
+# The repository's path is filled in when the job runs ({workflow.basedir} is formatted then, like {CFG}):
+# Snakemake's code trigger compares the rule's unformatted shell text, which therefore names no path of the
+# checkout, and a moved checkout reruns nothing.
 SITE_ENV = ('SITE_ENV="{resources.site_env}"; if [ -n "$SITE_ENV" ]; then case "$SITE_ENV" in /*) ;; '
-            f'*) SITE_ENV="{workflow.basedir}/$SITE_ENV" ;; esac; . "$SITE_ENV"; fi; ')
+            '*) SITE_ENV="{workflow.basedir}/$SITE_ENV" ;; esac; . "$SITE_ENV"; fi; ')
 
 
 EVAL_OUT = expand(f"{RES}/eval/{{protocol}}/{{model}}/{{dataset}}.json",
@@ -128,27 +137,38 @@ def profile_setting_of(variant, key, default=None):
     return (VARIANTS.get(name) or {}).get(key, PROF.get(key, default))
 
 
+def feasible_cells(models, strategies, nodes, settings=None):
+    """The (model, strategy, nodes) cells of a grid that can run: the memory model (geofm.perf.memory, the one
+    `geofm plan`, `geofm schedule` and the profiler use) decides before any allocation; a cell that cannot fit, or whose shard
+    group does not divide the job, is not a job (the figures' tables list it as impossible)."""
+    from geofm.perf.plan import cell_feasibility
+
+    return [(m, s, n) for m in models for s in strategies for n in nodes
+            if cell_feasibility(config, m, s, int(n), settings)[0] == "ok"]
+
+
 def profile_outputs():
-    """Every profile cell: the base grid, then each variant over its part of the grid (its models,
+    """Every feasible profile cell: the base grid, then each variant over its part of the grid (its models,
     strategies and nodes are a subset of the grid's; geofm.config checks that before any job)."""
-    out = expand(f"{RES}/profile/{{model}}/{{strategy}}/{{nodes}}n.json",
-                 model=PROF["models"], strategy=PROF["strategies"], nodes=PROF["nodes"])
+    out = [f"{RES}/profile/{m}/{s}/{n}n.json"
+           for m, s, n in feasible_cells(PROF["models"], PROF["strategies"], PROF["nodes"])]
     for name, v in VARIANTS.items():
         cells = {k: v.get(k, PROF[k]) for k in ("models", "strategies", "nodes")}
-        out += expand(f"{RES}/profile/{{model}}/{{strategy}}/{{nodes}}n.{name}.json",
-                      model=cells["models"], strategy=cells["strategies"], nodes=cells["nodes"])
+        out += [f"{RES}/profile/{m}/{s}/{n}n.{name}.json"
+                for m, s, n in feasible_cells(cells["models"], cells["strategies"], cells["nodes"], v)]
     return out
 
 
 PROFILE_OUT = profile_outputs()
-# Profile cells that share an allocation shape (model x node count) run in one batch job (geofm.plan):
-# one rule per bundle, its outputs the bundle's cell files (so each cell stays its own tracked output).
+# Profile cells that share an allocation shape (model x node count) run in one batch job (geofm.schedule):
+# one rule per bundle, its outputs the bundle's feasible cell files (so each cell stays its own tracked
+# output and an impossible cell is in no bundle).
 PROFILE_BUNDLES = profile_bundles(config, PROFILE_OUT)
 METRICS_OUT = expand(f"{RES}/pretrain/{{model}}/metrics.jsonl", model=MODELS)
 
 FIGURE_NAMES = ["accuracy_vs_size", "loss_curves", "throughput_per_strategy", "peak_memory",
                 "paper_weak_scaling", "paper_peak_memory", "paper_prefetch_vit5b", "prefetch_comparison",
-                "compile_ac_comparison"]
+                "compile_ac_comparison", "plan_weak_scaling"]
 TABLE_NAMES = ["accuracy", "profile", "best_strategy", "weak_scaling_efficiency"]
 FIGURES = [f"{RES}/figures/{n}.png" for n in FIGURE_NAMES]
 TABLES = [f"{RES}/tables/{n}.csv" for n in TABLE_NAMES]

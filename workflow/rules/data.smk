@@ -10,5 +10,7 @@ rule download:
         f"{RAW}/raw/{{dataset}}/download.json",
     log:
         f"{RES}/logs/download/{{dataset}}.log",
+    params:
+        cfg=lambda wc: rule_params(config, "download", dataset=wc.dataset),
     shell:
-        "{GEOFM} download --config {CFG} --dataset {wildcards.dataset} > {log} 2>&1"
+        "geofm download --config {CFG} --dataset {wildcards.dataset} > {log} 2>&1"

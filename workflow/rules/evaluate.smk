@@ -12,6 +12,10 @@ rule evaluate:
         expand(f"{RES}/eval/{{protocol}}/{{{{model}}}}/{{dataset}}.json", protocol=PROTOCOLS, dataset=EVAL_DS),
     log:
         f"{RES}/logs/eval/{{model}}.log",
+    params:
+        # the rule_params of every protocol x dataset job of the bundle: a change to any of them reruns it
+        cfg=lambda wc: {f"{p}/{ds}": rule_params(config, "evaluate", protocol=p, model=wc.model, dataset=ds)
+                        for p in PROTOCOLS for ds in EVAL_DS},
     threads: lambda wc: rank_threads(math.prod(evaluate_geometry(wc.model)))
     resources:
         nodes=lambda wc: evaluate_geometry(wc.model)[0],
@@ -23,5 +27,5 @@ rule evaluate:
         mpi="",
         site_env="",
     shell:
-        SITE_ENV + LAUNCH_PREFIX + "{GEOFM} evaluate-bundle --config {CFG} --model {wildcards.model} "
+        SITE_ENV + LAUNCH_PREFIX + "geofm evaluate-bundle --config {CFG} --model {wildcards.model} "
         '--launch "$GEOFM_LAUNCH" > {log} 2>&1'

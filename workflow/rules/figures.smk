@@ -8,10 +8,13 @@ rule figures:
         EVAL_OUT,
         METRICS_OUT,
         PROFILE_OUT,
+        f"{RES}/plan/plan.csv",
     output:
         [report(f, caption=f"../report/{Path(f).stem}.rst", category="Figures") for f in FIGURES],
         [report(t, caption="../report/tables.rst", category="Tables") for t in TABLES],
     log:
         f"{RES}/logs/figures.log",
+    params:
+        cfg=rule_params(config, "figures"),
     shell:
-        "{GEOFM} figures --config {CFG} > {log} 2>&1"
+        "geofm figures --config {CFG} > {log} 2>&1"

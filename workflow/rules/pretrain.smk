@@ -1,20 +1,27 @@
 # MAE pretraining, one job per model size. Nodes, ranks per node, walltime and retries per model come from
-# the config (pretrain.per_model.<model> over pretrain); locally the CLI starts its own ranks, under Slurm
-# `resources.mpi` (srun) starts one task per GPU and each derives its rank from Slurm.
+# the config (pretrain.per_model.<model> over pretrain; execution only: they are not in the rule's params
+# or the checkpoint fingerprint); locally the CLI starts its own ranks, under Slurm `resources.mpi` (srun)
+# starts one task per GPU and each derives its rank from Slurm.
 # Walltime: a chunk that gets the walltime signal (profiles/frontier: sbatch --signal=USR1@300) or SIGTERM
 # writes a checkpoint at the current step and exits (status 75); Snakemake resubmits it (`retries`) and it
 # resumes from the latest complete checkpoint in results/pretrain/{model}/checkpoints/ (not an output, so
-# Snakemake keeps it). Snakemake's retries are per rule: the rule takes the largest of the models' (the
-# others finish within theirs; `geofm plan` checks each model's chunks against its own retries).
+# Snakemake keeps it) since that checkpoint's config fingerprint is this job's and its run is unfinished.
+# Otherwise (another config, or a finished run redone by --forcerun / a params change) the old checkpoints
+# are moved aside and training starts at step 0. Snakemake's retries are per rule: the rule takes the
+# largest of the models' (the others finish within theirs; `geofm schedule` checks each model's chunks
+# against its own retries). With pretrain.protect (the paper's config) encoder.pt is write-protected: no
+# rerun replaces it until it is removed by hand (README: what reruns when).
 rule pretrain:
     input:
         tiles_of(PRETRAIN_DS),
     output:
-        encoder=f"{RES}/pretrain/{{model}}/encoder.pt",
+        encoder=PROTECT(f"{RES}/pretrain/{{model}}/encoder.pt"),
         metrics=f"{RES}/pretrain/{{model}}/metrics.jsonl",
         summary=f"{RES}/pretrain/{{model}}/summary.json",
     log:
         f"{RES}/logs/pretrain/{{model}}.log",
+    params:
+        cfg=lambda wc: rule_params(config, "pretrain", model=wc.model),
     retries: max(pretrain_settings(config, m).get("retries", 0) for m in MODELS)
     threads: lambda wc: rank_threads(math.prod(pretrain_geometry(wc.model)))
     resources:
@@ -28,4 +35,4 @@ rule pretrain:
         site_env="",
     shell:
         # >>: the log keeps every chunk of a resubmitted run
-        SITE_ENV + LAUNCH + "{GEOFM} pretrain --config {CFG} --model {wildcards.model} >> {log} 2>&1"
+        SITE_ENV + LAUNCH + "geofm pretrain --config {CFG} --model {wildcards.model} >> {log} 2>&1"

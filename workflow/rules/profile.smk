@@ -4,8 +4,8 @@
 #
 # Bundling: Frontier takes at most 100 queued jobs per user, and the paper's grid has 462 cells. The cells
 # of one allocation shape (model x node count: every strategy and variant) run in ONE batch job
-# (geofm.plan.profile_bundles packs them into as few jobs as the walltime of that node count allows;
-# `geofm plan` counts them), one after another, each its own srun step, output file and log, with a time
+# (geofm.schedule.profile_bundles packs them into as few jobs as the walltime of that node count allows;
+# `geofm schedule` counts them), one after another, each its own srun step, output file and log, with a time
 # budget of profile.runtime_min; a cell that fails or overruns writes its own `status: failed: ...` and the
 # next cell runs (geofm.bundle). So the batch job finishes with all its outputs and never fails for a cell.
 #
@@ -14,7 +14,7 @@
 # a global --resources cap serialises them, and one cap cannot fit node counts from 1 to 128; its jobs run
 # under a nested Snakemake whose failure handling is all-or-nothing for the group, and a hung cell would
 # hold the whole allocation. The loop gives each cell its own budget and failure record. The cells are a
-# list (PROFILE_OUT, which a feasibility filter may shorten); each bundle becomes one rule whose outputs are
+# list (PROFILE_OUT: only the cells the memory model finds feasible, common.smk feasible_cells); each bundle becomes one rule whose outputs are
 # exactly its cells. The rules are named profile_<model>_<nodes>n[_<k>] and take the profile's
 # `set-resources: profile:` (slurm_extra, mpi, site_env) as their own.
 _PROFILE_SET = workflow.resource_settings._parsed_overwrite_resources.get("profile", {})
@@ -33,7 +33,11 @@ for _b in PROFILE_BUNDLES:
         log:
             f"{RES}/logs/profile/{_b.name}.log",
         params:
-            cells=" ".join(c.path for c in _b.cells),
+            # the rule_params of each of its cells (keyed by cell, not by path): a change to a cell's settings
+            # reruns the bundle that holds it (Snakemake's params trigger)
+            cfg={f"{c.model}/{c.strategy}/{c.nodes}n{c.variant}":
+                 rule_params(config, "profile", model=c.model, variant=c.variant.lstrip(".") or "base")
+                 for c in _b.cells},
         threads: rank_threads(_b.nodes * PROF.get("procs_per_node", 1))
         resources:
             nodes=_b.nodes,
@@ -45,7 +49,7 @@ for _b in PROFILE_BUNDLES:
             mpi="",
             site_env="",
         shell:
-            SITE_ENV + LAUNCH_PREFIX + "{GEOFM} profile-bundle --config {CFG} --cells {params.cells} "
+            SITE_ENV + LAUNCH_PREFIX + "geofm profile-bundle --config {CFG} --cells {output} "
             '--launch "$GEOFM_LAUNCH" > {log} 2>&1'
 
     # as Snakemake applies set-resources to a rule by name: the `profile` entries, then any of its own

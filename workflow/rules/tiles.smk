@@ -12,8 +12,10 @@ rule tile:
     log:
         f"{RES}/logs/tile/{{dataset}}.log",
     retries: TILE_RETRIES
+    params:
+        cfg=lambda wc: rule_params(config, "tile", dataset=wc.dataset),
     resources:
         runtime=config["scheduler"].get("tile_runtime_min", 120),
         nodes=config["scheduler"].get("tile_nodes", 1),
     shell:
-        "{GEOFM} tile --config {CFG} --dataset {wildcards.dataset} > {log} 2>&1"
+        "geofm tile --config {CFG} --dataset {wildcards.dataset} > {log} 2>&1"

@@ -50,9 +50,29 @@ def sample_crop_boxes(n: int, height: int, width: int, gen: torch.Generator, sca
     torchvision's rejection sampling, vectorised: ``tries`` candidates per sample, the first that fits wins,
     else a centre crop with the aspect ratio clamped into range.
     """
-    area = float(height * width)
-    s = torch.empty(n, tries).uniform_(scale[0], scale[1], generator=gen) * area
+    s = torch.empty(n, tries).uniform_(scale[0], scale[1], generator=gen)
     logr = torch.empty(n, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
+    return _crop_boxes(s, logr, torch.rand(n, 2, generator=gen), height, width, ratio)
+
+
+CROP_UNIFORMS = 22  # uniforms per sample that crop_boxes_from_uniform takes (tries=10)
+
+
+def crop_boxes_from_uniform(u: torch.Tensor, height: int, width: int, scale=(0.2, 1.0),
+                            ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+    """:func:`sample_crop_boxes` from given uniforms ``u`` (n x (2 tries + 2), in [0, 1)): the scale and
+    log-ratio candidates, then the position; for random numbers drawn per sample rather than per batch."""
+    tries = (u.shape[1] - 2) // 2
+    s = scale[0] + (scale[1] - scale[0]) * u[:, :tries]
+    logr = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, tries:2 * tries]
+    return _crop_boxes(s, logr, u[:, 2 * tries:2 * tries + 2], height, width, ratio)
+
+
+def _crop_boxes(s: torch.Tensor, logr: torch.Tensor, u: torch.Tensor, height: int, width: int,
+                ratio) -> torch.Tensor:
+    n = s.shape[0]
+    area = float(height * width)
+    s = s * area
     r = torch.exp(logr)
     w = torch.sqrt(s * r)
     h = torch.sqrt(s / r)
@@ -70,7 +90,6 @@ def sample_crop_boxes(n: int, height: int, width: int, gen: torch.Generator, sca
     any_ok = ok.any(dim=1)
     w = torch.where(any_ok, w, torch.full_like(w, fw))
     h = torch.where(any_ok, h, torch.full_like(h, fh))
-    u = torch.rand(n, 2, generator=gen)
     x0 = torch.where(any_ok, u[:, 0] * (width - w), (width - w) / 2)
     y0 = torch.where(any_ok, u[:, 1] * (height - h), (height - h) / 2)
     return torch.stack([x0, y0, x0 + w, y0 + h], dim=1)

@@ -68,6 +68,14 @@ def save(ckpt_dir: Path, step: int, model, optimizer, extra: dict, keep_last: in
     return final
 
 
+def read_extra(ckpt_dir: Path, step: int) -> dict:
+    """The ``extra`` dict saved with a checkpoint ({} when it is gone or unreadable)."""
+    try:
+        return json.loads((step_dir(ckpt_dir, step) / "extra.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def load(ckpt_dir: Path, step: int, model, optimizer) -> dict:
     path = step_dir(ckpt_dir, step)
     if not (path / _MARK).exists():

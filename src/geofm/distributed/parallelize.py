@@ -18,61 +18,11 @@ checkpointing and ``torch.compile`` are applied per block before sharding, as to
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 
-BASE_STRATEGIES = ("DDP", "NO_SHARD", "SHARD_GRAD_OP", "FULL_SHARD")
-_HYBRID = re.compile(r"^HYBRID_(\d+)GPUs?$")
-
-
-@dataclass(frozen=True)
-class Strategy:
-    name: str
-    kind: str  # ddp | fsdp
-    reshard_after_forward: bool = True
-    shard_size: int | None = None  # None = the whole world; 1 = no sharding
-
-    def mesh_shape(self, world_size: int) -> tuple[int, ...]:
-        if self.kind == "ddp":
-            return (world_size,)
-        k = world_size if self.shard_size is None else self.shard_size
-        if k > world_size or world_size % k:
-            raise ImpossibleStrategy(f"{self.name} needs a shard group of {k} ranks, "
-                                     f"which does not divide a world of {world_size}")
-        return (world_size // k, k) if self.shard_size is not None else (world_size,)
-
-
-class ImpossibleStrategy(ValueError):
-    """The strategy cannot run on this many ranks (reported as such by the profiler, not crashed on)."""
-
-
-def parse_strategy(name: str) -> Strategy:
-    if name == "DDP":
-        return Strategy(name, "ddp")
-    if name == "NO_SHARD":
-        return Strategy(name, "fsdp", reshard_after_forward=False, shard_size=1)
-    if name == "SHARD_GRAD_OP":
-        return Strategy(name, "fsdp", reshard_after_forward=False)
-    if name == "FULL_SHARD":
-        return Strategy(name, "fsdp", reshard_after_forward=True)
-    m = _HYBRID.match(name)
-    if m:
-        k = int(m.group(1))
-        if k < 1:
-            raise ValueError(f"strategy {name!r}: shard group must be at least 1 GPU")
-        return Strategy(name, "fsdp", reshard_after_forward=True, shard_size=k)
-    raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(BASE_STRATEGIES)} or HYBRID_<k>GPUs")
-
-
-def strategy_name_ok(name: str) -> bool:
-    try:
-        parse_strategy(name)
-        return True
-    except ValueError:
-        return False
+from .strategies import (BASE_STRATEGIES, ImpossibleStrategy, Strategy, parse_strategy,  # noqa: F401
+                         strategy_name_ok)
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.ModuleList]:
@@ -94,11 +44,11 @@ def apply_activation_checkpointing(model: nn.Module, every: int) -> None:
                 blocks[i] = checkpoint_wrapper(blocks[i], preserve_rng_state=False)
 
 
-def apply_compile(model: nn.Module) -> None:
+def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
     """``torch.compile`` each transformer block (repeated structure compiles once)."""
     for blocks in transformer_blocks(model):
         for i in range(len(blocks)):
-            blocks[i] = torch.compile(blocks[i], dynamic=False)
+            blocks[i] = torch.compile(blocks[i], dynamic=False, backend=backend)
 
 
 def build_mesh(strategy: Strategy, world_size: int, device_type: str):
@@ -116,7 +66,7 @@ def parallelize(model: nn.Module, strategy: Strategy, world_size: int, device: t
 
     ``backward_prefetch``: how many blocks ahead FSDP2 all-gathers in backward (1 = FSDP2's implicit
     default, like FSDP1's BACKWARD_PRE; 0 = none; n > 1 explicit). ``forward_prefetch``: blocks ahead in
-    forward (0 = implicit only).
+    forward (0 = none, FSDP2's default). See :func:`set_prefetch`.
     """
     if strategy.kind == "ddp" or world_size == 1 and strategy.kind == "ddp":
         return model
@@ -139,15 +89,40 @@ def parallelize(model: nn.Module, strategy: Strategy, world_size: int, device: t
             wrapped.append(blk)
     fully_shard(model, **kw)
     if wrapped and world_size > 1:
-        n = len(wrapped)
-        if backward_prefetch is not None and backward_prefetch != 1:
-            for i, blk in enumerate(wrapped):
-                blk.set_modules_to_backward_prefetch(
-                    [wrapped[j] for j in range(i - 1, max(i - 1 - backward_prefetch, -1), -1)])
-        if forward_prefetch > 0:
-            for i, blk in enumerate(wrapped):
-                blk.set_modules_to_forward_prefetch([wrapped[j] for j in range(i + 1, min(i + 1 + forward_prefetch, n))])
+        set_prefetch(model, wrapped, backward_prefetch, forward_prefetch)
     return model
+
+
+def set_prefetch(root: nn.Module, blocks: list[nn.Module], backward: int | None, forward: int) -> None:
+    """All-gather prefetch depth over the blocks in forward order (``root`` = the outer FSDP module).
+
+    Read against FSDP2's source (torch 2.14, ``torch/distributed/fsdp/_fully_shard/_fsdp_state.py``,
+    ``FSDPState._pre_backward``): a module whose explicit backward-prefetch list is *empty* falls back to
+    the implicit prefetch (``default_prefetch = len(self._states_to_backward_prefetch) == 0``; the implicit
+    one, ``FSDPParamGroup._backward_prefetch``, all-gathers the previous module of the post-forward order).
+    So "no prefetch" cannot be an empty list. It is a list holding the module itself: explicit (the implicit
+    path is off) and a no-op (``FSDPParamGroup.unshard`` returns at once for a group that is already
+    unsharded, which it is by then: ``pre_backward`` unshards and waits before the explicit list runs).
+
+    backward: 0 = every module prefetches only itself (nothing issued before the module that needs it);
+    1 (or None) = FSDP2's implicit prefetch (the previous module of the post-forward order: the root
+    prefetches the last block, block i block i-1); n > 1 = explicit, the root the last n blocks, block i
+    blocks i-1 … i-n.
+    forward: 0 = FSDP2's default (no explicit list; each module all-gathers in its own pre-forward hook,
+    ``FSDPState._pre_forward``); n > 0 = after its own all-gather, the root issues blocks 0 … n-1, block i
+    blocks i+1 … i+n. An all-gather already issued is not issued again (``unshard`` returns while one is
+    pending), so depth n keeps n all-gathers ahead of the running block.
+    """
+    n = len(blocks)
+    if backward is not None and backward != 1:
+        root.set_modules_to_backward_prefetch(blocks[max(n - backward, 0):][::-1] if backward > 0 else [root])
+        for i, blk in enumerate(blocks):
+            ahead = [blocks[j] for j in range(i - 1, max(i - 1 - backward, -1), -1)]
+            blk.set_modules_to_backward_prefetch(ahead if backward > 0 else [blk])
+    if forward > 0:
+        root.set_modules_to_forward_prefetch(blocks[:forward])
+        for i, blk in enumerate(blocks):
+            blk.set_modules_to_forward_prefetch(blocks[i + 1: i + 1 + forward])
 
 
 def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:

@@ -43,7 +43,9 @@ import torch
 from geofm.eval.features import cache_file, cache_key, extract_features
 from geofm.eval.knn import knn_scores
 from geofm.eval.linprobe import fit_logreg, predict_scores, train_linear_probe
+from geofm.config import digest, rule_params
 from geofm.eval.metrics import summarize
+from geofm.provenance import provenance
 
 PROTOCOLS = ("linprobe", "knn", "finetune")
 IMPLEMENTED = ("linprobe", "knn", "finetune")
@@ -264,6 +266,9 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
                          **extra_rec, "seconds": round(time.perf_counter() - t0, 3)}
     record["checkpoint_step"] = step
     record["config"] = ev
+    record["encoder_fingerprint"] = meta.get("fingerprint")  # the pretraining run's (geofm.train.fingerprint)
+    record["provenance"] = provenance(digest(rule_params(cfg, "evaluate", protocol=protocol, model=model,
+                                                         dataset=dataset)))
     record["settings"] = {"image_size": image_size, "in_chans": in_chans, "seed": seed, "device": str(device),
                           "pool": pool, "world_size": world, "feature_precision": fprec, "classes": classes, **used}
     if rank != 0:  # rank 0 writes; the others return the same record

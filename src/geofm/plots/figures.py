@@ -34,6 +34,7 @@ from geofm.plots.io import save_figure, write_csv  # noqa: E402
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 PAPER = "paper"
 PROJECT = "this project"
+PLAN = "plan"
 PAPER_CITATION = "Tsaris et al., IPDPSW 2024 (OLCF Frontier, MI250X)"
 
 FIGURE_FILES = {
@@ -46,6 +47,7 @@ FIGURE_FILES = {
     "paper_prefetch_vit5b": "paper_prefetch_vit5b.png",
     "prefetch_comparison": "prefetch_comparison.png",
     "compile_ac_comparison": "compile_ac_comparison.png",
+    "plan_weak_scaling": "plan_weak_scaling.png",
 }
 TABLE_FILES = {
     "accuracy": "accuracy.csv",
@@ -278,6 +280,52 @@ def prefetch_setting(reference_dir=None) -> tuple[str | None, int | None]:
     except ImportError:
         pass
     return tag, nodes
+
+
+def load_plan(results) -> pd.DataFrame:
+    """``{results}/plan/plan.csv`` (``geofm plan``); empty when absent."""
+    path = Path(results) / "plan" / "plan.csv"
+    if not path.exists():
+        return pd.DataFrame(columns=["model", "display_name", "strategy", "nodes", "images_per_s", "fits", "status"])
+    df = pd.read_csv(path)
+    df["strategy"] = df["strategy"].map(canonical_strategy)
+    return df
+
+
+def with_impossible_cells(prof: pd.DataFrame, cfg: dict) -> pd.DataFrame:
+    """Add a row for every base-grid cell of ``cfg`` that has no profile result because the memory model kept
+    it out of the DAG (``geofm.perf.plan.cell_feasibility``): its status says "impossible: needs ~X GB of Y"."""
+    pr = (cfg or {}).get("profile") or {}
+    if not pr.get("models"):
+        return prof
+    try:
+        from geofm.perf.plan import cell_feasibility
+    except ImportError:
+        return prof
+    have = set()
+    if len(prof):
+        b = base_variant(prof)
+        have = {(m, canonical_strategy(st), int(n)) for m, st, n in zip(b["model"], b["strategy"], b["nodes"])}
+    rows = []
+    for m in pr["models"]:
+        for st in pr["strategies"]:
+            for n in pr["nodes"]:
+                if (m, canonical_strategy(st), int(n)) in have:
+                    continue
+                status, need = cell_feasibility(cfg, m, st, int(n))
+                if status != "ok":
+                    rows.append({"model": m, "display_name": display(m), "strategy": canonical_strategy(st),
+                                 "nodes": int(n), "variant": BASE_VARIANT, "status": status, "ok": False,
+                                 "predicted_peak_mem_gb": need, "path": "not run (geofm plan: impossible)"})
+    if not rows:
+        return prof
+    add = pd.DataFrame(rows)
+    out = pd.concat([prof, add], ignore_index=True) if len(prof) else add
+    for c in PROFILE_COLUMNS:
+        if c not in out.columns:
+            out[c] = pd.Series(dtype=object)
+    out["ok"] = out["ok"].astype(bool)
+    return out
 
 
 # --------------------------------------------------------------------------- tables
@@ -532,11 +580,21 @@ def plot_peak_memory(prof: pd.DataFrame, path) -> Plotted:
                          "Peak device memory per sharding strategy (this project)", None)
 
 
-def plot_paper_weak_scaling(paper_ws: pd.DataFrame, prof: pd.DataFrame, path) -> Plotted:
+def plot_paper_weak_scaling(paper_ws: pd.DataFrame, prof: pd.DataFrame, path, plan: pd.DataFrame | None = None,
+                            ) -> Plotted:
     """images/s vs nodes (log-log), a panel per paper model, a line per strategy, the ideal linear line
     from the best strategy at the smallest node count, and this project's measurements of the same
-    models as black markers."""
+    models as black markers; with ``plan`` (``geofm plan``'s table) its predictions as a third series
+    (dashed, × markers) for the strategies the paper measured."""
     proj = _project_scaling(prof)
+    pl = pd.DataFrame(columns=["source", "model", "strategy", "nodes", "images_per_s"])
+    if plan is not None and len(plan):
+        q = plan[plan["fits"].astype(str).str.lower().isin(["true", "1"]) & plan["images_per_s"].notna()].copy()
+        q["model"] = q["display_name"] if "display_name" in q.columns else q["model"].map(display)
+        pl = q.assign(source=PLAN)[["source", "model", "strategy", "nodes", "images_per_s"]]
+        if not paper_ws.empty:  # the strategies the paper measured per model
+            keys = set(zip(paper_ws["model"], paper_ws["strategy"]))
+            pl = pl[[k in keys for k in zip(pl["model"], pl["strategy"])]]
     if not paper_ws.empty:
         paper = paper_ws.assign(source=PAPER)[["source", "model", "strategy", "nodes", "images_per_s"]]
         models = _model_order(paper["model"])
@@ -544,8 +602,8 @@ def plot_paper_weak_scaling(paper_ws: pd.DataFrame, prof: pd.DataFrame, path) ->
     else:
         paper = pd.DataFrame(columns=["source", "model", "strategy", "nodes", "images_per_s"])
         models = _model_order(proj["model"])
-    data = pd.concat([d for d in (paper, proj) if len(d)], ignore_index=True) if len(paper) or len(proj) \
-        else paper
+    data = pd.concat([d for d in (paper, proj, pl) if len(d)], ignore_index=True) \
+        if len(paper) or len(proj) or len(pl) else paper
     ncols = min(3, max(1, len(models)))
     nrows = max(1, int(np.ceil(len(models) / ncols)))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.8 * nrows), squeeze=False,
@@ -570,6 +628,11 @@ def plot_paper_weak_scaling(paper_ws: pd.DataFrame, prof: pd.DataFrame, path) ->
             g = q[q["strategy"] == s].sort_values("nodes")
             ax.plot(g["nodes"], g["images_per_s"], marker="*", markersize=10, linestyle=":", color="black",
                     markerfacecolor=palette.get(s, "black"), label=f"{PROJECT}: {s}")
+        q = pl[pl["model"] == model]
+        for s in _strategy_order(q["strategy"]):
+            g = q[q["strategy"] == s].sort_values("nodes")
+            ax.plot(g["nodes"], g["images_per_s"], marker="x", markersize=4, linestyle="--", linewidth=1,
+                    color=palette.get(s, "0.5"), alpha=0.8, label=f"{PLAN}: {s}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(model)
@@ -585,10 +648,15 @@ def plot_paper_weak_scaling(paper_ws: pd.DataFrame, prof: pd.DataFrame, path) ->
                 labels.append(lab)
     if handles:
         fig.legend(handles, labels, fontsize=8, loc="outside right center")
-    fig.suptitle("Weak scaling of MAE pretraining")
+    fig.suptitle("Weak scaling of MAE pretraining" + (": paper, this project and geofm plan's prediction"
+                                                      if plan is not None else ""))
     note = f"{PAPER}: {PAPER_CITATION}"
     note += (f"; {PROJECT}: {len(proj)} measurement(s) of paper models" if len(proj)
              else f"; {PROJECT}: no profile of a paper model to overlay")
+    if plan is not None:
+        clusters = sorted({str(c) for c in plan.get("cluster", pd.Series(dtype=object)).dropna()})
+        note += (f"; {PLAN}: geofm plan predictions ({', '.join(clusters)})" if len(pl)
+                 else f"; {PLAN}: no prediction for these models")
     _stamp(fig, note + f"; generated {_today()}")
     return Plotted(save_figure(fig, path), data, _legend_labels(fig))
 
@@ -870,7 +938,8 @@ def run_figures(cfg: dict, out_dir_figures, out_dir_tables, reference_dir=None) 
     sns.set_theme(style="whitegrid", context="paper")
     ev = load_eval_results(results)
     metrics = load_pretrain_metrics(results)
-    prof = load_profile(results)
+    prof = with_impossible_cells(load_profile(results), cfg)
+    plan = load_plan(results)
     paper_ws = load_reference("weak_scaling", reference_dir)
     paper_mem = load_reference("peak_memory", reference_dir)
     paper_pf = load_reference("prefetch", reference_dir)
@@ -892,6 +961,7 @@ def run_figures(cfg: dict, out_dir_figures, out_dir_tables, reference_dir=None) 
         ("paper_prefetch_vit5b", lambda p: plot_paper_prefetch(paper_pf, base, p, reference_dir)),
         ("prefetch_comparison", lambda p: plot_prefetch_comparison(paper_pf, prof, p, reference_dir)),
         ("compile_ac_comparison", lambda p: plot_compile_ac_comparison(prof, p)),
+        ("plan_weak_scaling", lambda p: plot_paper_weak_scaling(paper_ws, base, p, plan)),
     ]
     for name, fn in jobs:
         written.append(fn(figs / FIGURE_FILES[name]).path)

@@ -1,14 +1,18 @@
 """Throughput/memory profiling of the MAE training step, as the paper measured it on Frontier.
 
 One run = one (model, strategy, nodes) cell: build exactly the training model (same code path as
-pretraining), run ``warmup_steps`` + ``steps`` optimizer steps on synthetic data (the paper's mode) or on
+pretraining), run ``warmup_steps`` + ``steps`` of the trainer's own step (:func:`geofm.train.step.train_step`:
+accumulation, clipping and the loss all-reduce included) on synthetic data (the paper's mode) or on
 the tiles (the training loader included: the wait for a batch is part of the step), and record images/s
 (median over the timed steps, with spread), TFLOP/s and MFU against the device's peak, peak memory per
-device, a step-time breakdown (data wait / forward / backward / optimizer) and the loader's own rate.
+device, a step-time breakdown (data wait / forward / backward / optimizer, the last with the loss reduction and
+clipping) and the loader's own rate.
 With more than one rank, one extra step after the timed ones runs under ``torch.profiler`` to measure
 the communication share (see :func:`comm_share_from_profile`). A combination that cannot run (a shard
-group larger than the job, a model whose training state alone cannot fit the device) is written as
-``status: impossible: …``.
+group larger than the job, a model whose predicted peak memory exceeds ``device_memory_gb``: the memory model
+of ``geofm.perf.memory``, the same one that keeps such cells out of the DAG) is written as
+``status: impossible: …`` before anything is allocated. The record names the peak it used for MFU
+(``peak_tflops``, ``peak_source``: the device row of ``geofm.profile.peaks`` and the dtype).
 
 A run belongs to a *variant* of the grid (``profile.variants`` in the config; ``base`` = the profile
 section's own settings): the record carries the variant's name, its overrides and the effective settings.
@@ -26,38 +30,31 @@ import torch.distributed as dist
 
 from ..config import PROFILE_VARIANT_KEYS
 from ..distributed import launch
-from ..distributed.parallelize import ImpossibleStrategy, parse_strategy
 from ..models.registry import count_params, display_name, num_patches
+from ..perf import memory
+from ..perf.workload import Workload
 from ..train import flops, metrics
 from ..train.batches import StepBatches, mask_noise
-from ..train.pretrain import TrainConfig, build_model, param_groups
+from ..train.pretrain import TrainConfig, build_model, param_groups, step_options
+from ..train.step import PhaseTimer, train_step
 
-BYTES_PER_PARAM_STATE = 16  # fp32 master weights 4 + fp32 grads 4 + Adam moments 8
 VARIANT_KEYS = PROFILE_VARIANT_KEYS
 # collective names, compared with underscores removed ("all_gather" and c10d's "allgather" alike)
 COLLECTIVES = ("allgather", "reducescatter", "allreduce", "broadcast")
 STEP_RANGE = "geofm::profiled_step"
 
 
-def state_gb_per_device(model: str, strategy: str, world: int, image_size: int, in_chans: int = 3) -> float:
-    """Training-state memory per device (weights, grads, Adam), ignoring activations: a lower bound."""
-    strat = parse_strategy(strategy)
-    shard = 1 if strat.kind == "ddp" else (world if strat.shard_size is None else strat.shard_size)
-    return count_params(model, image_size, in_chans) * BYTES_PER_PARAM_STATE / shard / 2**30
+def workload_of(cfg: TrainConfig, world: int) -> Workload:
+    """The run as the memory and performance models see it (``geofm.perf``)."""
+    return Workload(cfg.model, cfg.image_size, cfg.in_chans, cfg.mask_ratio, cfg.decoder_dim, cfg.decoder_depth,
+                    max(1, cfg.batch_size // max(world, 1)), cfg.precision, cfg.activation_checkpointing,
+                    cfg.backward_prefetch)
 
 
-def feasibility(model: str, strategy: str, world: int, image_size: int, device_memory_gb: float | None) -> str:
-    strat = parse_strategy(strategy)
-    try:
-        strat.mesh_shape(world)
-    except ImpossibleStrategy as exc:
-        return f"impossible: {exc}"
-    if device_memory_gb:
-        need = state_gb_per_device(model, strategy, world, image_size)
-        if need > device_memory_gb:
-            return (f"impossible: weights+grads+Adam state alone need {need:.1f} GB per device "
-                    f"> {device_memory_gb:g} GB")
-    return "ok"
+def feasibility(cfg: TrainConfig, world: int, device_memory_gb: float | None) -> tuple[str, float | None]:
+    """("ok" | "impossible: …", predicted peak GB per device), decided before anything is allocated by the
+    memory model the DAG and ``geofm plan`` use (``geofm.perf.memory``)."""
+    return memory.feasibility(workload_of(cfg, world), cfg.strategy, world, device_memory_gb)
 
 
 def _sync(device: torch.device) -> None:
@@ -189,10 +186,13 @@ def profile_run(cfg: TrainConfig, nodes: int, warmup_steps: int, steps: int, dev
             "image_size": cfg.image_size, "params": count_params(cfg.model, cfg.image_size, cfg.in_chans),
             "precision": cfg.precision, "compile": cfg.compile, "activation_checkpointing": cfg.activation_checkpointing,
             "backward_prefetch": cfg.backward_prefetch, "forward_prefetch": cfg.forward_prefetch,
+            "grad_accum": cfg.grad_accum, "grad_clip": cfg.grad_clip,
             "data": "synthetic" if cfg.data == "synthetic" else "real",
             "device": metrics.device_name(device), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "host": os.uname().nodename}
-    status = feasibility(cfg.model, cfg.strategy, world, cfg.image_size, device_memory_gb)
+    status, need = feasibility(cfg, world, device_memory_gb)
+    base["predicted_peak_mem_gb"] = need
+    base["device_memory_gb"] = device_memory_gb
     if status != "ok":
         launch.shutdown()
         return {**base, "status": status}
@@ -201,7 +201,8 @@ def profile_run(cfg: TrainConfig, nodes: int, warmup_steps: int, steps: int, dev
     except torch.OutOfMemoryError as exc:
         launch.shutdown()
         return {**base, "status": f"impossible: out of memory building the model ({exc})"}
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=device.type == "cuda" or None)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
+                            fused=device.type == "cuda" or None)
     total = warmup_steps + steps
     data = StepBatches(cfg.data, cfg.batch_size, cfg.image_size, rank, world, cfg.seed, cfg.augment,
                        cfg.in_chans, start=0, steps=total + 1, augment_on_device=cfg.augment_on_device)  # + the profiled step
@@ -224,24 +225,17 @@ def profile_run(cfg: TrainConfig, nodes: int, warmup_steps: int, steps: int, dev
     batches = iter(torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=cfg.num_workers,
                                                pin_memory=device.type == "cuda"))
 
+    sopts = step_options(cfg, use_autocast)
+
     def one_step(step: int) -> tuple[float, float, float, float, float]:
-        tl = time.perf_counter()
+        """The trainer's own step (:func:`geofm.train.step.train_step`), phases timed with device syncs."""
+        timer = PhaseTimer(lambda: _sync(device))
+        timer("data")
         x = next(batches).to(device, non_blocking=True)
         noise = mask_noise(cfg.seed, step, 0, cfg.batch_size, n_patch, rank, world).to(device)
-        _sync(device)
-        t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
-            loss = model(x, cfg.mask_ratio, noise)[0]
-        _sync(device)
-        t1 = time.perf_counter()
-        loss.backward()
-        _sync(device)
-        t2 = time.perf_counter()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        _sync(device)
-        t3 = time.perf_counter()
-        return t0 - tl, t1 - t0, t2 - t1, t3 - t2, t3 - tl
+        train_step(model, opt, x, noise, sopts, world, mark=timer)
+        t = timer.totals
+        return t["data"], t["forward"], t["backward"], t["optimizer"], sum(t.values())
 
     try:
         for step in range(total):
@@ -284,7 +278,7 @@ def profile_run(cfg: TrainConfig, nodes: int, warmup_steps: int, steps: int, dev
            "images_per_s": med, "images_per_s_std": statistics.pstdev(ips) if len(ips) > 1 else 0.0,
            "images_per_s_min": min(ips), "images_per_s_max": max(ips),
            "tflops": med * fl_img / world / 1e12, "mfu": metrics.mfu(med * fl_img / world, peak),
-           "peak_tflops": peak, "peak_source": peak_src, "flops_per_image": fl_img,
+           "peak_tflops": peak, "peak_source": peak_src, "peak_precision": cfg.precision, "flops_per_image": fl_img,
            "peak_mem_gb": float(memt[0]), "peak_reserved_gb": float(memt[1]),
            "data_s": float(parts[0]), "forward_s": float(parts[1]), "backward_s": float(parts[2]),
            "optimizer_s": float(parts[3]),

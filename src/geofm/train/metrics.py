@@ -10,24 +10,16 @@ from pathlib import Path
 
 import torch
 
-# Dense bf16 matrix peak per device, TFLOP/s (vendor data sheets). One MI250X has two GCDs: 383 / 2.
-PEAK_TFLOPS_BF16 = {
-    "MI250X_GCD": 191.5,
-    "A100": 312.0,
-    "H100": 989.4,
-    "H200": 989.4,
-}
+from ..profile.peaks import identify, peak
 
 
 def device_name(device: torch.device) -> str:
+    """Peak-table key of the device (``geofm.profile.peaks``: H100_SXM, H100_PCIE, MI250X_GCD, ...), its own
+    name where the table has no row, ``CPU`` on the CPU."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for key in ("H200", "H100", "A100"):
-            if key in name:
-                return key
-        if "MI250X" in name or "gfx90a" in getattr(torch.cuda.get_device_properties(device), "gcnArchName", ""):
-            return "MI250X_GCD"
-        return name
+        arch = getattr(torch.cuda.get_device_properties(device), "gcnArchName", "") or ""
+        return identify(name, arch) or name
     return "CPU"
 
 
@@ -50,12 +42,13 @@ def measured_cpu_peak_tflops(dtype=torch.float32, n: int = 1024, repeats: int = 
 
 
 def peak_tflops(device: torch.device, precision: str = "bf16") -> tuple[float, str]:
-    """(peak TFLOP/s, where the number comes from)."""
+    """(peak TFLOP/s, where the number comes from): the data-sheet table for known devices, a measured
+    matmul roof elsewhere (the CPU). ``fp32`` is plain fp32 (TF32 stays off, PyTorch's default)."""
     name = device_name(device)
-    if name in PEAK_TFLOPS_BF16 and precision == "bf16":
-        return PEAK_TFLOPS_BF16[name], f"{name} data sheet (dense bf16)"
-    if name in PEAK_TFLOPS_BF16:
-        return PEAK_TFLOPS_BF16[name] / 2, f"{name} data sheet (tf32/fp32 ~ half of bf16)"
+    try:
+        return peak(name, precision)
+    except KeyError:
+        pass
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     return measured_cpu_peak_tflops(dtype), f"{name} measured matmul roof ({precision})"
 

@@ -8,7 +8,6 @@ A NaN/inf loss stops the run with a clear message; the last good checkpoint stay
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -19,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from ..distributed import checkpoint as ckpt
 from ..distributed import launch
@@ -28,12 +26,13 @@ from ..distributed.parallelize import (apply_activation_checkpointing, apply_com
                                        parse_strategy, wrap_ddp)
 from ..models.mae import build_mae, materialize
 from ..models.registry import count_params, num_patches
+from ..provenance import provenance
 from . import flops, metrics
 from .batches import StepBatches, mask_noise
+from .fingerprint import fingerprint, resumable_step
+from .step import NonFiniteLoss, StepOptions, train_step
 
-
-class NonFiniteLoss(RuntimeError):
-    pass
+__all__ = ["NonFiniteLoss", "TrainConfig", "build_model", "param_groups", "step_options", "train"]
 
 
 @dataclass
@@ -122,6 +121,11 @@ def build_model(cfg: TrainConfig, world_size: int, device: torch.device):
     return model, autocast
 
 
+def step_options(cfg: TrainConfig, autocast: bool) -> StepOptions:
+    return StepOptions(mask_ratio=cfg.mask_ratio, grad_accum=cfg.grad_accum, grad_clip=cfg.grad_clip,
+                       autocast=autocast)
+
+
 def _mae(model):
     return model.module if hasattr(model, "module") else model
 
@@ -158,7 +162,8 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     # job deletes first); it is copied to metrics.jsonl when the run completes
     metrics_path = out_dir / "run" / "metrics.jsonl"
     start = 0
-    latest = ckpt.latest_step(ckpt_dir)
+    fp = fingerprint(cfg)  # only a checkpoint of the same fingerprint, of an unfinished run, is resumed
+    latest = resumable_step(ckpt_dir, fp, cfg.steps, de.is_main, metrics.log)
     if latest is not None:
         extra = ckpt.load(ckpt_dir, latest, model, opt)
         start = int(extra["step"])
@@ -181,8 +186,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
                                              cfg.decoder_dim, cfg.decoder_depth)
     peak, peak_src = metrics.peak_tflops(device, cfg.precision)
     metrics.reset_peak_memory(device)
-    local_b = cfg.batch_size // world
-    micro_b = local_b // cfg.grad_accum
+    sopts = step_options(cfg, use_autocast)
     t0 = time.perf_counter()
     last = time.perf_counter()
     loss_val = float("nan")
@@ -193,37 +197,14 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
             g["lr"] = lr
         x = x.to(device, non_blocking=True)
         noise = mask_noise(cfg.seed, step, 0, cfg.batch_size, n_patch, rank, world).to(device)
-        loss_sum = torch.zeros((), device=device)
-        for m in range(cfg.grad_accum):
-            sl = slice(m * micro_b, (m + 1) * micro_b)
-            last_micro = m == cfg.grad_accum - 1
-            sync_ctx = contextlib.nullcontext()
-            if hasattr(model, "set_requires_gradient_sync"):
-                model.set_requires_gradient_sync(last_micro)
-            elif hasattr(model, "no_sync") and not last_micro:
-                sync_ctx = model.no_sync()
-            with sync_ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
-                loss = model(x[sl], cfg.mask_ratio, noise[sl])[0]
-                if step == cfg.fail_at_step:
-                    loss = loss * float("nan")
-                (loss / cfg.grad_accum).backward()
-            loss_sum += loss.detach() / cfg.grad_accum
-        if world > 1:
-            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG if device.type == "cuda" else dist.ReduceOp.SUM)
-            if device.type != "cuda":
-                loss_sum /= world
-        loss_val = float(loss_sum)
-        if not math.isfinite(loss_val):
+        try:
+            res = train_step(model, opt, x, noise, sopts, world, poison=step == cfg.fail_at_step)
+        except NonFiniteLoss as exc:
             last_ok = ckpt.latest_step(ckpt_dir)
-            raise NonFiniteLoss(f"loss is {loss_val} at step {step} of {cfg.model}; stopped. The last good "
-                                f"checkpoint is {ckpt.step_dir(ckpt_dir, last_ok) if last_ok is not None else 'none'}"
-                                f" (lower pretrain.lr or enable grad clipping)")
-        grad_norm = float("nan")
-        if cfg.grad_clip > 0:
-            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            grad_norm = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(exc.loss, f"loss is {exc.loss} at step {step} of {cfg.model}; stopped. The last "
+                                f"good checkpoint is {ckpt.step_dir(ckpt_dir, last_ok) if last_ok is not None else 'none'}"
+                                f" (lower pretrain.lr or enable grad clipping)") from None
+        loss_val, grad_norm = res.loss, res.grad_norm
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         now = time.perf_counter()
@@ -241,11 +222,11 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         saved = (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps
         if saved:
             ckpt.save(ckpt_dir, done, model, opt, {"step": done, "world_size": world, "strategy": cfg.strategy,
-                                                   "model": cfg.model}, cfg.keep_last)
+                                                   "model": cfg.model, "fingerprint": fp}, cfg.keep_last)
         if done < cfg.steps and stop.agreed(device):
-            if not saved:
-                ckpt.save(ckpt_dir, done, model, opt, {"step": done, "world_size": world,
-                                                       "strategy": cfg.strategy, "model": cfg.model}, cfg.keep_last)
+            if not saved:  # the same fingerprint, so the resubmitted chunk resumes it (train.fingerprint)
+                ckpt.save(ckpt_dir, done, model, opt, {"step": done, "world_size": world, "strategy": cfg.strategy,
+                                                       "model": cfg.model, "fingerprint": fp}, cfg.keep_last)
             writer.close()
             stop.restore()
             launch.shutdown()
@@ -256,12 +237,14 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     summary = {"model": cfg.model, "params": count_params(cfg.model, cfg.image_size, cfg.in_chans),
                "steps": cfg.steps, "final_loss": loss_val, "world_size": world, "strategy": cfg.strategy,
                "flops_per_image": fl_img, "peak_tflops": peak, "peak_source": peak_src,
-               "device": metrics.device_name(device), "resumed_from": start}
+               "device": metrics.device_name(device), "resumed_from": start, "fingerprint": fp,
+               "provenance": provenance(fp)}
     state = ckpt.full_model_state(model)  # a collective: every rank takes part
     if de.is_main:
         enc = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
         enc = {k.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", ""): v for k, v in enc.items()}
-        meta = {"model": cfg.model, "step": cfg.steps, "image_size": cfg.image_size, "in_chans": cfg.in_chans}
+        meta = {"model": cfg.model, "step": cfg.steps, "image_size": cfg.image_size, "in_chans": cfg.in_chans,
+                "fingerprint": fp}
         tmp = out_dir / "encoder.pt.tmp"
         torch.save({"meta": meta, "state_dict": enc}, tmp)
         os.replace(tmp, out_dir / "encoder.pt")

@@ -1,12 +1,16 @@
 """How a study maps onto a batch system: batch jobs (bundles), walltimes, submissions, node-hours.
 
-One source for the Snakefile (which rules exist and what they ask Slurm for), ``geofm plan`` (the numbers
-the README states) and the tests. A study's batch jobs:
+One source for the Snakefile (which rules exist and what they ask Slurm for), ``geofm schedule`` (the numbers
+the README states) and the tests. Not to be confused with ``geofm plan`` (``geofm.perf``), which predicts
+each cell's throughput, memory and node-hours; this module counts batch jobs, submissions and walltime chunks
+against the scheduler's limits, over the profile cells ``geofm.perf`` finds feasible (the DAG's own list). A study's batch jobs:
 
 - ``tile``: one per dataset that is tiled (``scheduler.tile_nodes`` node, ``tile`` rule runtime);
 - ``pretrain``: one per model, resubmitted up to ``retries`` times; each chunk checkpoints at the walltime
   signal and the next resumes (``geofm.train.pretrain``), so ``(retries + 1)`` chunks must cover the
   estimated time (FLOPs of the step, ``geofm.train.flops``, at ``expected_mfu`` of ``device_peak_tflops``);
+  ``geofm plan``'s prediction (``geofm.perf``) is shown beside it, with a note where its chunks would not
+  fit the retries (a second opinion, not a limit: the perf model is calibrated on 1-node cells only);
 - ``evaluate``: one per model, running every protocol x dataset as its own cell;
 - ``profile``: the profile cells (``{model}/{strategy}/{nodes}n{.variant}.json``) grouped by allocation
   shape (model x node count) and packed, ``profile.runtime_min`` each, into as few jobs as the walltime of
@@ -30,7 +34,7 @@ CHUNK_OVERHEAD_MIN = 15
 TILE_RETRIES = 1  # workflow/rules/tiles.smk: a tile job that dies resumes from its finished shards
 
 
-class PlanError(ValueError):
+class ScheduleError(ValueError):
     pass
 
 
@@ -41,7 +45,7 @@ def max_walltime_min(cfg: dict, nodes: int) -> int | None:
             return int(b["max_min"])
     bins = cfg.get("scheduler", {}).get("walltime_bins")
     if bins:
-        raise PlanError(f"{nodes} nodes is above every scheduler.walltime_bins entry")
+        raise ScheduleError(f"{nodes} nodes is above every scheduler.walltime_bins entry")
     return None
 
 
@@ -57,7 +61,7 @@ class Cell:
 def parse_cell(path: str) -> Cell:
     m = CELL_RE.search(str(path))
     if not m:
-        raise PlanError(f"not a profile cell path: {path}")
+        raise ScheduleError(f"not a profile cell path: {path}")
     return Cell(str(path), m["model"], m["strategy"], int(m["nodes"]), m["variant"])
 
 
@@ -83,7 +87,7 @@ def profile_bundles(cfg: dict, cell_paths) -> list[Bundle]:
     for (model, nodes), cells in groups.items():
         cap = max_walltime_min(cfg, nodes)
         if cap is not None and per_cell > cap:
-            raise PlanError(f"profile.runtime_min {per_cell} exceeds the {cap}-minute walltime of {nodes}-node jobs")
+            raise ScheduleError(f"profile.runtime_min {per_cell} exceeds the {cap}-minute walltime of {nodes}-node jobs")
         per_job = len(cells) if cap is None else max(1, cap // per_cell)
         chunks = [cells[i:i + per_job] for i in range(0, len(cells), per_job)]
         for i, chunk in enumerate(chunks):
@@ -124,10 +128,32 @@ def pretrain_plan(cfg: dict, model: str) -> PretrainPlan:
 
     p = pretrain_settings(cfg, model)
     est = pretrain_estimate_h(cfg, model)
-    # a short chunk (tests) counts a quarter of itself as overhead instead
-    useful = p["runtime_min"] - min(CHUNK_OVERHEAD_MIN, p["runtime_min"] / 4)
-    return PretrainPlan(model, p.get("nodes", 1), p["runtime_min"], p["retries"], est,
-                        max(1, math.ceil(est * 60 / useful)))
+    return PretrainPlan(model, p.get("nodes", 1), p["runtime_min"], p["retries"], est, chunks_for(cfg, model, est))
+
+
+def chunks_for(cfg: dict, model: str, hours: float) -> int:
+    """Chunks of ``model``'s ``runtime_min`` that ``hours`` of training need (each loses its start-up,
+    resume and final checkpoint)."""
+    from .config import pretrain_settings
+
+    rt = pretrain_settings(cfg, model)["runtime_min"]
+    useful = rt - min(CHUNK_OVERHEAD_MIN, rt / 4)  # a short chunk (tests) counts a quarter of itself
+    return max(1, math.ceil(hours * 60 / useful))
+
+
+def perf_pretrain_h(cfg: dict) -> dict:
+    """Wall hours of pretraining each model as ``geofm plan`` predicts them (``geofm.perf``: the calibrated
+    step model on ``plan.cluster``, at the model's own nodes and strategy); a model the performance model
+    cannot price (it does not fit, or the cluster is unknown) maps to None."""
+    try:
+        from .perf.cluster import load_cluster
+        from .perf.plan import calibration_for, pretrain_node_hours
+
+        cluster = load_cluster(cfg)
+        pre = pretrain_node_hours(cfg, cluster, calibration_for(cfg, cluster))
+    except (ValueError, KeyError, FileNotFoundError):
+        return {m: None for m in cfg["models"]}
+    return {m: (v["node_hours"] / v["nodes"] if v.get("node_hours") else None) for m, v in pre.items()}
 
 
 def evaluate_geometry(cfg: dict, model: str) -> tuple[int, int, int]:
@@ -142,7 +168,7 @@ def tiled_datasets(cfg: dict) -> list[str]:
     return list(dict.fromkeys([cfg["pretrain_dataset"], *cfg["eval_datasets"]]))
 
 
-def study_plan(cfg: dict, cell_paths) -> dict:
+def study_schedule(cfg: dict, cell_paths) -> dict:
     """Every batch job of the study with its nodes and walltime; totals of submissions and node-hours
     (``requested``: every job runs to its walltime, pretraining using all its retries; ``expected``:
     pretraining takes its estimate, everything else its walltime)."""
@@ -153,12 +179,20 @@ def study_plan(cfg: dict, cell_paths) -> dict:
                      "runtime_min": int(cfg["scheduler"].get("tile_runtime_min", 120)),
                      "submissions": 1 + TILE_RETRIES})
     pre = []
+    perf_h = perf_pretrain_h(cfg)
+    notes = []
     for m in cfg["models"]:
         pp = pretrain_plan(cfg, m)
         pre.append(pp)
+        ph = perf_h.get(m)
         jobs.append({"rule": "pretrain", "name": m, "nodes": pp.nodes, "runtime_min": pp.runtime_min,
                      "submissions": pp.max_submissions, "estimate_h": round(pp.estimate_h, 2),
-                     "chunks_needed": pp.chunks_needed})
+                     "chunks_needed": pp.chunks_needed, "plan_h": None if ph is None else round(ph, 2),
+                     "plan_chunks": None if ph is None else chunks_for(cfg, m, ph)})
+        if ph is not None and chunks_for(cfg, m, ph) > pp.retries + 1:
+            notes.append(f"pretrain {m}: geofm plan predicts ~{ph:,.1f} h on {pp.nodes} nodes, "
+                         f"{chunks_for(cfg, m, ph)} chunks of {pp.runtime_min} min; retries {pp.retries} allow "
+                         f"{pp.retries + 1} (raise pretrain.per_model.{m}.retries if you trust that prediction)")
     for m in cfg["models"]:
         n, ppn, rt = evaluate_geometry(cfg, m)
         jobs.append({"rule": "evaluate", "name": m, "nodes": n, "runtime_min": rt, "submissions": 1})
@@ -183,30 +217,39 @@ def study_plan(cfg: dict, cell_paths) -> dict:
     if limit and subs > limit:
         problems.append(f"the study needs up to {subs} batch submissions, above scheduler.max_submissions {limit}")
     return {"jobs": jobs, "submissions": subs, "node_hours_requested": requested,
-            "node_hours_expected": expected, "problems": problems,
+            "node_hours_expected": expected, "problems": problems, "notes": notes,
             "profile_cells": sum(j.get("cells", 0) for j in jobs)}
 
 
 def cell_paths_of(cfg: dict) -> list[str]:
-    """The profile cells of a config as the Snakefile lists them (base grid, then each variant's part)."""
+    """The feasible profile cells of a config as the Snakefile lists them (base grid, then each variant's
+    part; workflow/rules/common.smk profile_outputs): a cell the memory model rules out
+    (``geofm.perf.plan.cell_feasibility``) is no job, so it is in no bundle and needs no submission."""
     from itertools import product
 
+    from .perf.plan import cell_feasibility
+
     prof, res = cfg["profile"], cfg.get("results", "results")
-    out = [f"{res}/profile/{m}/{s}/{n}n.json"
-           for m, s, n in product(prof["models"], prof["strategies"], prof["nodes"])]
+
+    def ok(cells, settings=None):
+        return [(m, s, n) for m, s, n in product(cells["models"], cells["strategies"], cells["nodes"])
+                if cell_feasibility(cfg, m, s, int(n), settings)[0] == "ok"]
+
+    out = [f"{res}/profile/{m}/{s}/{n}n.json" for m, s, n in ok(prof)]
     for name, v in (prof.get("variants") or {}).items():
         cells = {k: v.get(k, prof[k]) for k in ("models", "strategies", "nodes")}
-        out += [f"{res}/profile/{m}/{s}/{n}n.{name}.json"
-                for m, s, n in product(cells["models"], cells["strategies"], cells["nodes"])]
+        out += [f"{res}/profile/{m}/{s}/{n}n.{name}.json" for m, s, n in ok(cells, v)]
     return out
 
 
-def format_plan(plan: dict) -> str:
+def format_schedule(plan: dict) -> str:
     lines = [f"{'rule':9} {'job':16} {'nodes':>5} {'walltime':>8} {'subm.':>5}  notes"]
     for j in plan["jobs"]:
         note = ""
         if j["rule"] == "pretrain":
             note = f"~{j['estimate_h']:.1f} h expected, {j['chunks_needed']} chunk(s) needed"
+            if j.get("plan_h") is not None:
+                note += f"; geofm plan: ~{j['plan_h']:,.1f} h, {j['plan_chunks']} chunk(s)"
         elif j["rule"] == "profile":
             note = f"{j['cells']} cells"
         lines.append(f"{j['rule']:9} {j['name']:16} {j['nodes']:>5} {j['runtime_min']:>5} min {j['submissions']:>5}  {note}")
@@ -215,6 +258,8 @@ def format_plan(plan: dict) -> str:
     lines.append(f"node-hours: {plan['node_hours_expected']:,.0f} expected (pretraining at its estimate, the rest "
                  f"at its walltime), {plan['node_hours_requested']:,.0f} at most (every job to its walltime, "
                  "every retry used)")
+    for n in plan.get("notes", []):
+        lines.append(f"NOTE: {n}")
     for p in plan["problems"]:
         lines.append(f"PROBLEM: {p}")
     return "\n".join(lines)

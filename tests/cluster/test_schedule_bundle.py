@@ -1,4 +1,4 @@
-"""Planning the study against a batch system's limits, bundles of cells, the Frontier site script."""
+"""Scheduling the study against a batch system's limits (`geofm schedule`), bundles of cells, the Frontier site script."""
 import json
 import os
 import re
@@ -10,7 +10,7 @@ import pytest
 
 from geofm.bundle import BundleCell, run_bundle
 from geofm.config import ConfigError, load_config, validate
-from geofm.plan import cell_paths_of, max_walltime_min, pretrain_plan, profile_bundles, study_plan
+from geofm.schedule import cell_paths_of, max_walltime_min, pretrain_plan, profile_bundles, study_schedule
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,10 +21,12 @@ def paper():
 
 
 def test_paper_study_fits_frontier_limits(paper):
-    plan = study_plan(paper, cell_paths_of(paper))
+    plan = study_schedule(paper, cell_paths_of(paper))
     assert plan["problems"] == []
     assert plan["submissions"] <= paper["scheduler"]["max_submissions"] == 100
-    assert plan["profile_cells"] == 462  # every cell of the grid is in some bundle, once
+    # every feasible cell of the grid is in some bundle, once; no cell the memory model rules out is
+    assert plan["profile_cells"] == 432 - 62 + 30 == len(cell_paths_of(paper))
+    assert not any("/vit_15b/DDP/" in p for p in cell_paths_of(paper))
     cells = [c.path for b in profile_bundles(paper, cell_paths_of(paper)) for c in b.cells]
     assert sorted(cells) == sorted(cell_paths_of(paper)) and len(set(cells)) == len(cells)
     for j in plan["jobs"]:  # Frontier's bins: 2 h to 91 nodes, 6 h to 183, 12 h above
@@ -37,11 +39,11 @@ def test_paper_study_fits_frontier_limits(paper):
     assert int(re.search(r"^jobs: (\d+)$", prof, re.M).group(1)) <= 100
 
 
-def test_readme_states_what_geofm_plan_computes(paper):
-    out = subprocess.run([sys.executable, "-m", "geofm.cli", "plan", "--config", str(REPO / "config/config.yaml")],
+def test_readme_states_what_geofm_schedule_computes(paper):
+    out = subprocess.run([sys.executable, "-m", "geofm.cli", "schedule", "--config", str(REPO / "config/config.yaml")],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    plan = study_plan(paper, cell_paths_of(paper))
+    plan = study_schedule(paper, cell_paths_of(paper))
     readme = (REPO / "README.md").read_text()
     for text in (f"{plan['submissions']} batch submissions", f"{plan['node_hours_expected']:,.0f} node-hours",
                  f"{plan['node_hours_requested']:,.0f} node-hours"):
@@ -53,20 +55,22 @@ def test_problems_are_reported(paper):
     cfg = json.loads(json.dumps(paper))
     cfg["pretrain"]["per_model"]["vit_15b"] = {"nodes": 32, "runtime_min": 120, "retries": 3}
     cfg["scheduler"]["max_submissions"] = 50
-    probs = study_plan(cfg, cell_paths_of(cfg))["problems"]
+    probs = study_schedule(cfg, cell_paths_of(cfg))["problems"]
     assert any(p.startswith("pretrain vit_15b") and "allow 4" in p for p in probs), probs
     assert any("above scheduler.max_submissions 50" in p for p in probs), probs
     cfg["evaluate"]["runtime_min"] = 200  # over 2 h on 1 node
-    assert any(p.startswith("evaluate vit_base") for p in study_plan(cfg, cell_paths_of(cfg))["problems"])
+    assert any(p.startswith("evaluate vit_base") for p in study_schedule(cfg, cell_paths_of(cfg))["problems"])
 
 
 def test_bundles_pack_cells_into_the_walltime_and_take_any_list(paper):
     cells = cell_paths_of(paper)
     b = {x.name: x for x in profile_bundles(paper, cells)}
-    # vit_5b x 8 nodes: 9 strategies + 3 noprefetch + 3 prefetch2 + 2 compile = 17 cells of 10 min > 2 h
-    assert [len(b["vit_5b-8n-1"].cells), len(b["vit_5b-8n-2"].cells)] == [12, 5]
+    # vit_5b x 8 nodes: 9 strategies + 3 noprefetch + 3 prefetch2 + 2 compile = 17 cells, 14 of them
+    # feasible (DDP, NO_SHARD and HYBRID_1GPU do not fit), of 10 min each > 2 h
+    assert [len(b["vit_5b-8n-1"].cells), len(b["vit_5b-8n-2"].cells)] == [12, 2]
     assert b["vit_5b-8n-1"].runtime_min == 120 and max_walltime_min(paper, 8) == 120
-    assert len(b["vit_15b-128n"].cells) == 9 and b["vit_15b-128n"].runtime_min == 90
+    # vit_15b x 128 nodes: the 5 sharded strategies that fit (README: Impossible cells)
+    assert len(b["vit_15b-128n"].cells) == 5 and b["vit_15b-128n"].runtime_min == 50
     # a filtered list (e.g. infeasible cells dropped) is bundled as given
     kept = [c for c in cells if "/vit_15b/" not in c or "/1n" not in c]
     names = [x.name for x in profile_bundles(paper, kept)]

@@ -1,0 +1,89 @@
+"""The MAE training step as the performance and memory models see it: FSDP units (one per transformer block,
+encoder and decoder, plus the root: patch embedding, norms, decoder embedding and prediction), each with its
+parameters, forward FLOPs and activation sizes per image.
+
+Shapes come from the one registry (``geofm.models.registry``) and FLOPs from ``geofm.train.flops``; the unit
+list matches how ``geofm.distributed.parallelize`` wraps the model (``fully_shard`` per block, then the root).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..models.registry import count_params, get_spec, num_patches
+from ..train import flops
+
+
+@dataclass(frozen=True)
+class Unit:
+    name: str
+    params: int
+    fwd_flops: float  # per image
+    tokens: int  # sequence length through the unit
+    width: int
+    mlp: int
+
+
+@dataclass(frozen=True)
+class Workload:
+    model: str
+    image_size: int = 224
+    in_chans: int = 3
+    mask_ratio: float = 0.75
+    decoder_dim: int = 512
+    decoder_depth: int = 8
+    batch_per_gpu: int = 32
+    precision: str = "bf16"
+    activation_checkpointing: int = 1
+    backward_prefetch: int = 1
+
+    @classmethod
+    def from_config(cls, cfg: dict, model: str, section: str = "profile", **over) -> "Workload":
+        pr, pt = cfg.get(section, {}), cfg.get("pretrain", {})
+        d = dict(model=model, image_size=cfg.get("image_size", 224),
+                 mask_ratio=pt.get("mask_ratio", 0.75), decoder_dim=pt.get("decoder_dim", 512),
+                 decoder_depth=pt.get("decoder_depth", 8),
+                 batch_per_gpu=pr.get("batch_size", 32) if section == "profile" else
+                 max(1, pt.get("batch_size", 32) // max(1, pt.get("nodes", 1) * pt.get("procs_per_node", 1))),
+                 precision=pr.get("precision", "bf16"),
+                 activation_checkpointing=pr.get("activation_checkpointing", 0),
+                 backward_prefetch=pr.get("backward_prefetch", 1))
+        d.update(over)
+        return cls(**d)
+
+    # ---------------------------------------------------------------- shapes
+    def units(self) -> list[Unit]:
+        s = get_spec(self.model)
+        n = num_patches(self.model, self.image_size)
+        keep = int(n * (1 - self.mask_ratio))
+        d, m, dd = s.width, s.mlp, self.decoder_dim
+
+        def block_params(w, h):
+            return 2 * 2 * w + (3 * w * w + 3 * w) + (w * w + w) + (w * h + h) + (h * w + w)
+
+        out = [Unit(f"encoder.{i}", block_params(d, m), flops.block_flops(keep + 1, d, m), keep + 1, d, m)
+               for i in range(s.depth)]
+        out += [Unit(f"decoder.{i}", block_params(dd, 4 * dd), flops.block_flops(n + 1, dd, 4 * dd), n + 1, dd, 4 * dd)
+                for i in range(self.decoder_depth)]
+        total_fwd = flops.mae_forward_flops(self.model, self.image_size, self.in_chans, self.mask_ratio, dd,
+                                            self.decoder_depth)
+        root_params = self.params_total() - sum(u.params for u in out)
+        root_fwd = total_fwd - sum(u.fwd_flops for u in out)
+        return [Unit("root", root_params, root_fwd, n + 1, dd, 0)] + out
+
+    def params_total(self) -> int:
+        """Encoder + decoder parameters of the MAE (what FSDP shards and Adam updates)."""
+        s = get_spec(self.model)
+        dd = self.decoder_dim
+        patch_dim = s.patch * s.patch * self.in_chans
+        dec_block = 2 * 2 * dd + (3 * dd * dd + 3 * dd) + (dd * dd + dd) + (dd * 4 * dd + 4 * dd) + (4 * dd * dd + dd)
+        decoder = (s.width * dd + dd) + dd + self.decoder_depth * dec_block + 2 * dd + (dd * patch_dim + patch_dim)
+        return count_params(self.model, self.image_size, self.in_chans) + decoder
+
+    def train_flops_per_image(self) -> float:
+        """Useful FLOPs per image (forward + backward, no recomputation): the MFU numerator."""
+        return float(flops.mae_train_flops_per_image(self.model, self.image_size, self.in_chans, self.mask_ratio,
+                                                     self.decoder_dim, self.decoder_depth))
+
+    def checkpointed(self, i_block: int) -> bool:
+        k = self.activation_checkpointing
+        return k > 0 and i_block % k == 0

@@ -1,0 +1,55 @@
+"""The one training step: accumulation is the same maths as one batch, a NaN loss updates nothing, the phase
+marks come in order (what the profiler times), clipping reports the norm it clipped."""
+import pytest
+import torch
+
+from geofm.models.mae import build_mae, materialize
+from geofm.train.step import NonFiniteLoss, PhaseTimer, StepOptions, train_step
+
+
+def _setup(seed=0):
+    m = materialize(build_mae("test_micro", 16, 3, device="meta", decoder_dim=32, decoder_depth=1, decoder_heads=2),
+                    "cpu", seed)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(1)
+    return m, opt, torch.randn(8, 3, 16, 16, generator=g), torch.rand(8, 16, generator=g)
+
+
+def test_accumulation_matches_one_batch():
+    a, oa, x, noise = _setup()
+    b, ob, _, _ = _setup()
+    ra = train_step(a, oa, x, noise, StepOptions(grad_accum=1))
+    rb = train_step(b, ob, x, noise, StepOptions(grad_accum=4))
+    assert rb.loss == pytest.approx(ra.loss, rel=1e-6)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+    assert all(p.grad is None for p in a.parameters())
+
+
+def test_nan_loss_updates_nothing():
+    m, opt, x, noise = _setup()
+    before = [p.detach().clone() for p in m.parameters()]
+    with pytest.raises(NonFiniteLoss) as err:
+        train_step(m, opt, x, noise, StepOptions(grad_clip=1.0), poison=True)
+    assert err.value.loss != err.value.loss  # NaN
+    assert all(torch.equal(p, q) for p, q in zip(m.parameters(), before))
+    assert all(p.grad is None for p in m.parameters())
+
+
+def test_marks_and_clipping():
+    m, opt, x, noise = _setup()
+    seen = []
+    before = [p.detach().clone() for p in m.parameters()]
+    res = train_step(m, opt, x, noise, StepOptions(grad_accum=2, grad_clip=1e-3), mark=seen.append)
+    assert seen == ["forward", "backward", "forward", "backward", "optimizer", "end"]
+    assert res.grad_norm > 1e-2  # the norm before clipping
+    # SGD moved the parameters by lr x the clipped gradient: total norm 0.1 x 1e-3
+    moved = torch.sqrt(sum(((p.detach() - q) ** 2).sum() for p, q in zip(m.parameters(), before)))
+    assert float(moved) == pytest.approx(1e-4, rel=1e-3)
+    timer = PhaseTimer()
+    timer("data")
+    train_step(m, opt, x, noise, StepOptions(), mark=timer)
+    assert set(timer.totals) == {"data", "forward", "backward", "optimizer"}
+    assert all(v > 0 for v in timer.totals.values())
+    with pytest.raises(ValueError, match="grad_accum=3"):
+        train_step(m, opt, x, noise, StepOptions(grad_accum=3))
