@@ -17,6 +17,10 @@
 #   SLURM_NODE_CPUS=4      CPUs declared per emulated node (oversubscribing a small machine is fine;
 #                          slurmd uses the declared values: SlurmdParameters=config_overrides)
 #   SLURM_NODE_MEM_PCT=40  memory declared per node, percent of this machine's memory
+#   SLURM_MAX_SUBMIT=100   jobs a user may have queued (any state), as on Frontier: QOS `normal`
+#                          MaxSubmitJobsPerUser, enforced (AccountingStorageEnforce=limits,qos)
+#   SLURM_MAX_TIME=120     the partition's time limit in minutes (Frontier: 2 h for 1-91 nodes); longer
+#                          requests are rejected at submission (EnforcePartLimits=ALL)
 set -euo pipefail
 
 PARTITION=${SLURM_PARTITION:-batch}
@@ -25,6 +29,8 @@ WAIT_SECONDS=${SLURM_WAIT_SECONDS:-60}
 SMOKE_TEST=${SLURM_SMOKE_TEST:-1}
 NODE_CPUS=${SLURM_NODE_CPUS:-4}
 NODE_MEM_PCT=${SLURM_NODE_MEM_PCT:-40}
+MAX_SUBMIT=${SLURM_MAX_SUBMIT:-100}
+MAX_TIME=${SLURM_MAX_TIME:-120}
 NODES=(n1 n2)
 HOST=$(hostname -s)
 ETC=/etc/slurm              # keep it here: the job steps drop SLURM_CONF
@@ -145,9 +151,11 @@ JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoreFlags=job_comment
+AccountingStorageEnforce=associations,limits,qos
+EnforcePartLimits=ALL
 JobAcctGatherType=jobacct_gather/linux
 NodeName=n[1-2] NodeHostname=$HOST NodeAddr=127.0.0.1 Port=[17001-17002] CPUs=$NODE_CPUS RealMemory=$NODE_MEM State=UNKNOWN
-PartitionName=$PARTITION Nodes=n[1-2] Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+PartitionName=$PARTITION Nodes=n[1-2] Default=YES MaxTime=$MAX_TIME State=UP OverSubscribe=NO
 CONF
 if ! cmp -s "$ETC/slurm.conf.new" "$ETC/slurm.conf"; then
     log "slurm.conf changed; (re)starting slurmctld and slurmd"
@@ -215,6 +223,13 @@ for n in "${NODES[@]}"; do
     fi
 done
 
+# ------------------------------- Frontier's per-user limit: 100 jobs queued, more rejected at submission
+sacctmgr -i modify qos where name=normal set MaxSubmitJobsPerUser="$MAX_SUBMIT" >/dev/null 2>&1 || true
+got=$(sacctmgr -n -P show qos where name=normal format=MaxSubmitPU 2>/dev/null | head -n 1)
+[ "$got" = "$MAX_SUBMIT" ] || die "QOS normal MaxSubmitJobsPerUser is '$got', wanted $MAX_SUBMIT"
+# the cluster's users (root here) have an association in account root with QOS normal
+sacctmgr -i modify user where name=root set qos=normal defaultqos=normal >/dev/null 2>&1 || true
+
 # ------------------------------------------- 6. wait for both nodes to be idle
 for ((i = 0; i < WAIT_SECONDS; i++)); do
     nodes_idle && break
@@ -239,5 +254,8 @@ if [ "$SMOKE_TEST" = 1 ]; then
         [ "$st" = COMPLETED ] && break; sleep 0.5
     done
     [ "$st" = COMPLETED ] || die "sacct does not report job $jid as COMPLETED (got '$st')"
-    log "smoke test passed (srun -N2, sbatch -N2, sacct)"
+    if sbatch --parsable -t $((MAX_TIME + 1)) -o /dev/null --wrap true >/dev/null 2>&1; then
+        die "a job over the partition's ${MAX_TIME}-minute limit was accepted"
+    fi
+    log "smoke test passed (srun -N2, sbatch -N2, sacct, time limit ${MAX_TIME} min enforced)"
 fi

@@ -6,6 +6,9 @@
     geofm pretrain  --config C --model M [--nprocs N]
     geofm evaluate  --config C --protocol P --model M --dataset D --out F [--train-ratio R]
     geofm profile   --config C --model M --strategy S --nodes N [--variant V] --out F
+    geofm profile-bundle  --config C --cells F [F ...] [--launch CMD]   (profile cells of one batch job)
+    geofm evaluate-bundle --config C --model M [--launch CMD]          (every protocol x dataset of M)
+    geofm schedule  --config C          (batch jobs, submissions, walltime chunks vs the scheduler's limits)
     geofm figures   --config C
     geofm plan      --config C --out plan.csv [--summary S.json] [--cluster NAME] [--validate]
 
@@ -45,7 +48,9 @@ def _train_config(cfg: dict, model: str, data: str, section: dict, **over) -> "T
     from .train.pretrain import TrainConfig
 
     d = {k: v for k, v in section.items() if k not in ("nodes", "procs_per_node", "runtime_min", "protect", "models",
-                                                        "strategies", "device_memory_gb", "warmup_steps_profile")}
+                                                        "strategies", "device_memory_gb", "warmup_steps_profile",
+                                                        "retries", "expected_mfu", "device_peak_tflops",
+                                                        "per_model")}
     d.update(over)
     return TrainConfig.from_dict({**d, "model": model, "image_size": cfg["image_size"], "data": data,
                                   "seed": cfg["seed"], "device": cfg["device"]})
@@ -73,16 +78,22 @@ def cmd_tile(args, cfg):
 
 
 def cmd_pretrain(args, cfg, argv):
-    p = cfg["pretrain"]
+    from .config import pretrain_settings
+
+    p = pretrain_settings(cfg, args.model)
     nprocs = args.nprocs or p.get("nodes", 1) * p.get("procs_per_node", 1)
     if nprocs > 1 and not _in_distributed_env():
         return _relaunch(nprocs, argv)
-    from .train.pretrain import train
+    from .train.pretrain import WalltimeStop, train
 
     ds = cfg["pretrain_dataset"]
     data = str(Path(cfg["results"]) / "tiles" / ds)
     tc = _train_config(cfg, args.model, data, p, in_chans=_in_chans(cfg, ds))
-    train(tc, Path(cfg["results"]) / "pretrain" / args.model)
+    try:
+        train(tc, Path(cfg["results"]) / "pretrain" / args.model)
+    except WalltimeStop as exc:
+        print(f"geofm pretrain: {exc}", file=sys.stderr)
+        return WalltimeStop.EXIT_CODE
     return 0
 
 
@@ -136,11 +147,72 @@ def cmd_profile(args, cfg, argv):
 
 
 def cmd_evaluate(args, cfg):
+    from .config import evaluate_settings
     from .eval.stages import run_evaluate
 
+    cfg = {**cfg, "evaluate": evaluate_settings(cfg, args.model)}  # the model's own geometry and settings
     enc = Path(cfg["results"]) / "pretrain" / args.model / "encoder.pt"
     run_evaluate(cfg, args.protocol, args.model, args.dataset, enc, args.out,
                  train_ratio=None if args.train_ratio is None else float(args.train_ratio))
+
+
+def _passthrough(args) -> list[str]:
+    out = ["--config", args.config]
+    for item in args.set:
+        out += ["--set", item]
+    return out
+
+
+def cmd_profile_bundle(args, cfg):
+    """The profile cells of one allocation (one model x node count), one after another, each its own
+    srun step, output and log; a failing or over-budget cell records its failure and the rest go on."""
+    from .bundle import BundleCell, run_bundle
+    from .schedule import parse_cell
+
+    res = Path(cfg["results"])
+    cells = []
+    for out in args.cells:
+        c = parse_cell(out)
+        variant = c.variant.lstrip(".") or "base"
+        cells.append(BundleCell(
+            ["profile", *_passthrough(args), "--model", c.model, "--strategy", c.strategy, "--nodes",
+             str(c.nodes), "--variant", variant, "--out", out],
+            out, str(res / "logs" / "profile" / c.model / c.strategy / f"{c.nodes}n{c.variant}.log"),
+            {"model": c.model, "strategy": c.strategy, "nodes": c.nodes, "variant": variant}))
+    done = run_bundle(cells, args.launch or "", cfg["profile"].get("runtime_min", 10) * 60)
+    return 0 if all(Path(o).exists() for o in done) else 1
+
+
+def cmd_evaluate_bundle(args, cfg):
+    """Every protocol x dataset of one model in one batch job, each its own srun step on all the job's
+    ranks; a failing cell writes its own failed record and the others still run."""
+    from .bundle import BundleCell, run_bundle
+
+    from .eval.stages import ratio_tag
+
+    res = Path(cfg["results"])
+    cells = []
+    for proto in cfg["evaluate"]["protocols"]:
+        for ds in cfg["eval_datasets"]:
+            # the tiles' own split, or one evaluation per datasets.<D>.train_ratios ({D}.tr<percent>.json)
+            for ratio in cfg["datasets"][ds].get("train_ratios") or [None]:
+                stem = ds if ratio is None else f"{ds}.{ratio_tag(ratio)}"
+                out = str(res / "eval" / proto / args.model / f"{stem}.json")
+                extra = [] if ratio is None else ["--train-ratio", str(float(ratio))]
+                cells.append(BundleCell(
+                    ["evaluate", *_passthrough(args), "--protocol", proto, "--model", args.model, "--dataset", ds,
+                     *extra, "--out", out], out, str(res / "logs" / "eval" / proto / args.model / f"{stem}.log"),
+                    {"protocol": proto, "model": args.model, "dataset": ds, "train_ratio": ratio}))
+    done = run_bundle(cells, args.launch or "")
+    return 0 if all(Path(o).exists() for o in done) else 1
+
+
+def cmd_schedule(args, cfg):
+    from .schedule import cell_paths_of, format_schedule, study_schedule
+
+    sched = study_schedule(cfg, cell_paths_of(cfg))
+    print(format_schedule(sched))
+    return 1 if sched["problems"] else 0
 
 
 def cmd_figures(args, cfg):
@@ -188,6 +260,22 @@ STAGES = {
                 "reads R/eval/, R/pretrain/*/metrics.jsonl, R/profile/ and the paper's reference CSVs; writes "
                 "R/figures/*.png and R/tables/*.csv",
                 "geofm figures --config config/demo.yaml"),
+    "schedule": ("lay the study out as batch jobs and check them against the scheduler's limits",
+                 "reads the config (scheduler, per-model pretrain/evaluate geometry, the profile grid less the cells "
+                 "the memory model rules out); writes nothing; prints every batch job (tile, pretrain chunks, "
+                 "evaluate, profile bundles) with nodes and walltime, the submissions, node-hours and any limit "
+                 "exceeded (exit status 1)",
+                 "geofm schedule --config config/config.yaml"),
+    "profile-bundle": ("run the profile cells of one batch job one after another, each its own launch",
+                       "reads the profile section; writes each --cells file (a failing or over-budget cell its "
+                       "own 'status: failed: ...') and R/logs/profile/<M>/<S>/<N>n.log per cell",
+                       "geofm profile-bundle --config config/demo.yaml "
+                       "--cells results/profile/demo_base/FULL_SHARD/1n.json results/profile/demo_base/DDP/1n.json"),
+    "evaluate-bundle": ("run every protocol x dataset evaluation of one model in one batch job",
+                        "reads R/pretrain/<M>/encoder.pt, R/tiles/<D>/ and the evaluate section; writes "
+                        "R/eval/<P>/<M>/<D>.json per protocol x dataset (a failing one its own failed record) and "
+                        "R/logs/eval/<P>/<M>/<D>.log",
+                        "geofm evaluate-bundle --config config/demo.yaml --model demo_tiny"),
 }
 PLAN_HELP = """Predict images/s, the step's parts (compute, exposed communication, optimizer), peak memory per GPU
 and node-hours of every model x strategy x node count of the config's profile grid on a described cluster
@@ -222,7 +310,7 @@ def cmd_plan(args, cfg):
     for m, v in pre.items():
         nh = f"{v['node_hours']:,.1f} node-hours ({v['images_per_s']:,.0f} img/s)" if v["node_hours"] is not None \
             else v["status"]
-        print(f"pretrain {m}: {pt['strategy']} on {pt.get('nodes', 1)} nodes, {pt.get('steps', 0)} steps: {nh}")
+        print(f"pretrain {m}: {pt['strategy']} on {v['nodes']} nodes, {pt.get('steps', 0)} steps: {nh}")
     print(f"study: {grid_nh + pre_nh:,.1f} node-hours (profile grid {grid_nh:,.1f} + pretraining {pre_nh:,.1f})")
     summary = {"cluster": cluster.name, "cells": len(rows), "feasible": len(ok),
                "impossible": [f"{r['model']}/{r['strategy']}/{r['nodes']}n: {r['status']}" for r in rows if not r["fits"]],
@@ -295,6 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     add("evaluate", "protocol", "model", "dataset", "out", "train-ratio")
     add("profile", "model", "strategy", "nodes", "variant", "out")
     add("figures")
+    add("schedule")
+    add("evaluate-bundle", "model").add_argument("--launch", default="", help="launcher prefix (srun ...)")
+    pb = add("profile-bundle")
+    pb.add_argument("--cells", nargs="+", required=True, help="profile cell output paths")
+    pb.add_argument("--launch", default="", help="launcher prefix of each cell (srun ...)")
     sp = sub.add_parser("plan", help="predict throughput, memory and node-hours of the profile grid",
                         description=PLAN_HELP)
     sp.add_argument("--config", required=True, help="study config (e.g. config/config.yaml)")
@@ -324,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd in ("pretrain", "profile"):
         fn = cmd_pretrain if args.cmd == "pretrain" else cmd_profile
         return int(fn(args, cfg, argv) or 0)
+    if args.cmd in ("profile-bundle", "evaluate-bundle", "schedule"):
+        fn = {"profile-bundle": cmd_profile_bundle, "evaluate-bundle": cmd_evaluate_bundle, "schedule": cmd_schedule}
+        return int(fn[args.cmd](args, cfg) or 0)
     try:
         {"validate": cmd_validate, "download": cmd_download, "tile": cmd_tile, "evaluate": cmd_evaluate,
          "figures": cmd_figures, "plan": cmd_plan}[args.cmd](args, cfg)

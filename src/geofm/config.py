@@ -37,11 +37,11 @@ def schema() -> dict:
 
 
 def _fill_defaults(node: dict, sch: dict) -> None:
-    """Fill the schema's defaults into ``node``, and into the sections (mappings) it has."""
+    """Schema defaults, also inside sections (``pretrain.retries``, ``scheduler.tile_nodes``, ...)."""
     for key, sub in sch.get("properties", {}).items():
         if "default" in sub and key not in node:
             node[key] = copy.deepcopy(sub["default"])
-        elif isinstance(node.get(key), dict) and "properties" in sub:
+        if isinstance(node.get(key), dict) and sub.get("properties"):
             _fill_defaults(node[key], sub)
 
 
@@ -49,6 +49,38 @@ def section_defaults(section: str) -> dict:
     """The schema's defaults of one config section (``pretrain``, ``evaluate``, ...)."""
     props = schema()["properties"].get(section, {}).get("properties", {})
     return {k: copy.deepcopy(v["default"]) for k, v in props.items() if "default" in v}
+
+
+def expand_dirs(cfg: dict, source: str = "config") -> dict:
+    """``results``/``resources`` may name environment variables (profiles/frontier: ``$GEOFM_ORION/results``,
+    on Orion); expanded in place, an unset one is an error naming it."""
+    import os
+    import re
+
+    for key in ("results", "resources"):
+        val = cfg.get(key)
+        if isinstance(val, str) and "$" in val:
+            new = os.path.expanduser(os.path.expandvars(val))
+            left = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", new)
+            if left:
+                raise ConfigError(f"{source}: {key}: {val!r} uses ${left[0]}, which is not set in the environment "
+                                  "(README: On a Slurm cluster)")
+            cfg[key] = new
+    return cfg
+
+
+def pretrain_settings(cfg: dict, model: str) -> dict:
+    """The ``pretrain`` section as ``model`` sees it: ``pretrain.per_model.<model>`` over the section."""
+    p = dict(cfg["pretrain"])
+    own = (p.pop("per_model", None) or {}).get(model) or {}
+    return {**p, **own}
+
+
+def evaluate_settings(cfg: dict, model: str) -> dict:
+    """The ``evaluate`` section as ``model`` sees it: ``evaluate.per_model.<model>`` over the section."""
+    e = dict(cfg["evaluate"])
+    own = (e.pop("per_model", None) or {}).get(model) or {}
+    return {**e, **own}
 
 
 def validate(cfg: dict, source: str = "config") -> dict:
@@ -64,6 +96,7 @@ def validate(cfg: dict, source: str = "config") -> dict:
     _fill_defaults(cfg, sch)
     for sec in ("pretrain", "evaluate"):  # every default lives in the schema
         _fill_defaults(cfg[sec], sch["properties"][sec])
+    expand_dirs(cfg, source)
     ds = cfg["datasets"]
     if cfg["pretrain_dataset"] not in ds:
         raise ConfigError(f"{source}: pretrain_dataset {cfg['pretrain_dataset']!r} is not under datasets "
@@ -87,6 +120,17 @@ def validate(cfg: dict, source: str = "config") -> dict:
                                   f"got {bad or parts!r}")
         if d["source"] == "local" and not d.get("path"):
             raise ConfigError(f"{source}: datasets.{name}.path is required when source is 'local'")
+    for sec in ("pretrain", "evaluate"):
+        extra = [m for m in (cfg[sec].get("per_model") or {}) if m not in cfg["models"]]
+        if extra:
+            raise ConfigError(f"{source}: {sec}.per_model names {extra}, which are not in models")
+    for m in cfg["models"]:
+        p = pretrain_settings(cfg, m)
+        world = p.get("nodes", 1) * p.get("procs_per_node", 1)
+        if p.get("batch_size") and p["batch_size"] % (world * p.get("grad_accum", 1)):
+            raise ConfigError(f"{source}: pretrain.batch_size {p['batch_size']} is not divisible by {m}'s "
+                              f"{p.get('nodes', 1)} nodes x {p.get('procs_per_node', 1)} ranks"
+                              f" x grad_accum {p.get('grad_accum', 1)}")
     prof = cfg["profile"]
     for vname, v in (prof.get("variants") or {}).items():
         for key in ("models", "strategies", "nodes"):
@@ -257,10 +301,11 @@ def _props(section: str) -> dict:
     return schema()["properties"][section]["properties"]
 
 
-def section_keys(cfg: dict, section: str, exclude: tuple = ("never",)) -> dict:
-    """``cfg[section]`` less the keys whose schema entry says ``x-rerun`` is in ``exclude``."""
+def section_keys(cfg: dict, section: str, exclude: tuple = ("never",), values: dict | None = None) -> dict:
+    """``cfg[section]`` (or ``values``: that section as one model sees it, e.g. ``pretrain_settings``) less the
+    keys whose schema entry says ``x-rerun`` is in ``exclude``."""
     props = _props(section)
-    return {k: v for k, v in (cfg.get(section) or {}).items()
+    return {k: v for k, v in (cfg.get(section) or {} if values is None else values).items()
             if (props.get(k) or {}).get("x-rerun") not in exclude}
 
 
@@ -314,11 +359,11 @@ def rule_params(cfg: dict, rule: str, dataset: str | None = None, model: str | N
     elif rule == "pretrain":
         ds = cfg["pretrain_dataset"]
         out = {"model": model, "spec": _spec(model), "image_size": cfg.get("image_size"), "seed": cfg.get("seed", 0),
-               "pretrain": section_keys(cfg, "pretrain"),
+               "pretrain": section_keys(cfg, "pretrain", values=pretrain_settings(cfg, model)),
                "dataset": {"name": ds, **dataset_params(cfg, ds, "tile")}}
     elif rule == "evaluate":
         props = _props("evaluate")
-        ev = {k: v for k, v in section_keys(cfg, "evaluate").items()
+        ev = {k: v for k, v in section_keys(cfg, "evaluate", values=evaluate_settings(cfg, model)).items()
               if protocol in (props.get(k) or {}).get("x-protocol", [protocol])}
         out = {"protocol": protocol, "model": model, "dataset": dataset, "image_size": cfg.get("image_size"),
                "seed": cfg.get("seed", 0), "evaluate": ev}

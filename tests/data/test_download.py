@@ -40,10 +40,22 @@ def test_local_file_dir_relative_and_derived(tmp_path, monkeypatch):
     (src / "sub" / "b.bin").write_bytes(b"defg")
     monkeypatch.chdir(tmp_path)
     rec = _record(fetch_dataset("d", {"source": "local", "path": "src"}, tmp_path / "raw_d"))
-    assert [(f["path"], f["bytes"]) for f in rec["files"]] == [("a.bin", 3), ("sub/b.bin", 4)]
+    # a by-hand tree is counted in place and linked, not copied (nor hashed file by file)
+    assert rec["files"] == [{"path": "src", "n_files": 2, "bytes": 7}] and rec["linked"]
+    link = tmp_path / "raw_d" / "src"
+    assert link.is_symlink() and link.resolve() == src.resolve() and (link / "sub" / "b.bin").read_bytes() == b"defg"
+    rec = _record(fetch_dataset("d", {"source": "local", "path": "src"}, tmp_path / "raw_d"))  # again: relinked
+    assert link.is_symlink() and rec["files"][0]["n_files"] == 2
     rec = _record(fetch_dataset("f", {"source": "local", "path": "src/a.bin",
                                       "sha256": hashlib.sha256(b"abc").hexdigest()}, tmp_path / "raw_f"))
-    assert rec["files"][0]["path"] == "a.bin"
+    assert rec["files"][0]["path"] == "a.bin" and (tmp_path / "raw_f" / "a.bin").is_symlink()
+    # a checksum mismatch sets the link aside; the file itself stays where it is
+    with pytest.raises(DataError, match="sha256 mismatch"):
+        fetch_dataset("g", {"source": "local", "path": "src/a.bin", "sha256": "0" * 64}, tmp_path / "raw_g")
+    assert (src / "a.bin").read_bytes() == b"abc" and not (tmp_path / "raw_g" / "a.bin").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="is empty"):
+        fetch_dataset("e", {"source": "local", "path": "empty"}, tmp_path / "raw_e")
     with pytest.raises(DataError, match="does not exist"):
         fetch_dataset("m", {"source": "local", "path": "missing.zip"}, tmp_path / "raw_m")
     rec = _record(fetch_dataset("lc", {"source": "derived", "from": "demo"}, tmp_path / "raw_lc"))

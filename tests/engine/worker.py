@@ -16,9 +16,13 @@ def main():
         prefetch_order(args)
         return
     if args["mode"] == "train":
-        from geofm.train.pretrain import TrainConfig, train
+        from geofm.train.pretrain import TrainConfig, WalltimeStop, train
 
-        train(TrainConfig.from_dict(args["cfg"]), args["out"])
+        try:
+            train(TrainConfig.from_dict(args["cfg"]), args["out"])
+        except WalltimeStop as exc:  # what `geofm pretrain` does: say so, exit 75 for a resubmission
+            print(f"walltime stop: {exc}", flush=True)
+            sys.exit(WalltimeStop.EXIT_CODE)
         return
     import torch
     from torch.distributed.tensor import DTensor

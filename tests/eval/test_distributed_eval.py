@@ -38,7 +38,8 @@ def run(nprocs: int, payload: dict, timeout: int = 240) -> dict:
 def runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("dist")
     one = run(1, {"modes": ["features", "finetune"], "out": str(d / "one.pt")})
-    two = run(2, {"modes": ["features", "features_sharded", "finetune"], "out": str(d / "two.pt")})
+    two = run(2, {"modes": ["features", "features_sharded", "finetune", "finetune_ac", "features_bf16"],
+                  "out": str(d / "two.pt")})
     return one, two
 
 
@@ -60,3 +61,17 @@ def test_finetune_two_ranks_fsdp_equal_one(runs):
     assert one["logits"].shape == (31, 3)
     torch.testing.assert_close(two["logits"], one["logits"], rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(two["train_top1"], one["train_top1"])
+
+
+def test_finetune_with_activation_checkpointing_on_two_ranks_equals_one(runs):
+    """evaluate.finetune_activation_checkpointing (vit_3b and larger): recomputation changes no number."""
+    one, two = runs
+    assert int(two["ac_wrapped"]) == 2  # test_micro's two blocks
+    torch.testing.assert_close(two["ac_logits"], one["logits"], rtol=1e-3, atol=1e-4)
+
+
+def test_bf16_features_are_bf16_and_close(runs):
+    one, two = runs
+    assert two["bf16_mean"].dtype == torch.float32
+    assert not torch.equal(two["bf16_mean"], one["mean"])  # autocast really ran in bf16
+    torch.testing.assert_close(two["bf16_mean"], one["mean"], rtol=0.1, atol=0.05)

@@ -1,6 +1,7 @@
 """The profile stage over its grid: variants (prefetch, activation checkpointing, real data), impossible
 cells, the communication share on 2 gloo ranks, MFU, and the Snakemake wiring of the `{variant}` suffix."""
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -210,17 +211,25 @@ def test_dry_run_lists_variant_jobs(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     text = res.stdout
     demo = yaml.safe_load((ROOT / "config/demo.yaml").read_text())["profile"]
+    # one job per model x node count runs all of that shape's cells (base and variants)
+    bundles = {}
+    for ln in text.splitlines():
+        if "profile-bundle" in ln:
+            cells = ln.split("--cells ", 1)[1].split(" --launch", 1)[0].split()
+            bundles[cells[0].split("/")[2]] = cells
+    assert sorted(bundles) == sorted(demo["models"])
+    listed = [c for cells in bundles.values() for c in cells]
     for name, v in demo["variants"].items():
         for model in v.get("models", demo["models"]):
             for strategy in v.get("strategies", demo["strategies"]):
-                assert f"results/profile/{model}/{strategy}/1n.{name}.json" in text
-                assert f"--variant {name} --out results/profile/{model}/{strategy}/1n.{name}.json" in text
-    assert "--variant base --out results/profile/demo_tiny/NO_SHARD/1n.json" in text
+                assert f"results/profile/{model}/{strategy}/1n.{name}.json" in bundles[model]
+    assert "results/profile/demo_tiny/NO_SHARD/1n.json" in bundles["demo_tiny"]
     n_base = len(demo["models"]) * len(demo["strategies"]) * len(demo["nodes"])
     n_var = sum(len(v.get("models", demo["models"])) * len(v.get("strategies", demo["strategies"]))
                 * len(v.get("nodes", demo["nodes"])) for v in demo["variants"].values())
-    counts = dict(ln.split()[:2] for ln in text.splitlines() if ln.split()[:1] == ["profile"])
-    assert counts == {"profile": str(n_base + n_var)}
+    assert len(listed) == len(set(listed)) == n_base + n_var
+    counts = {ln.split()[0]: ln.split()[1] for ln in text.splitlines() if re.match(r"^profile_\w+\s+\d+$", ln)}
+    assert counts == {f"profile_{m}_1n": "1" for m in demo["models"]}
 
 
 def test_energy_counter_reads_nvml(monkeypatch):

@@ -125,7 +125,7 @@ def dry_runs(tmp_path_factory):
     out = {}
     for site in SITES:
         wd = _copy_workflow(tmp_path_factory.mktemp(f"dry-{site}"))
-        env = {**os.environ, "SBATCH_ACCOUNT": "dummy123"}
+        env = {**os.environ, "SBATCH_ACCOUNT": "dummy123", "GEOFM_ORION": str(wd / "orion")}
         p = subprocess.run([*SNAKEMAKE, "-n", "--profile", f"profiles/{site}"], cwd=wd, env=env,
                            capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -146,20 +146,27 @@ def test_cluster_dry_run_lists_every_job(dry_runs, site):
     cfg = _study_config(site)
     used = {cfg["pretrain_dataset"], *cfg["eval_datasets"]}
     used |= {cfg["datasets"][d]["from"] for d in used if cfg["datasets"][d].get("source") == "derived"}
-    pr = cfg["profile"]
+    from geofm.config import validate
+    from geofm.schedule import cell_paths_of, profile_bundles
+
+    bundles = profile_bundles(validate(cfg), cell_paths_of(validate(cfg)))
     expected = {
         "download": len(used), "tile": len(used), "pretrain": len(cfg["models"]),
-        # one evaluation per dataset, or one per train ratio where a dataset lists `train_ratios`
-        "evaluate": len(cfg["evaluate"]["protocols"]) * len(cfg["models"]) * sum(
-            len(cfg["datasets"][d].get("train_ratios") or [None]) for d in cfg["eval_datasets"]),
-        # the base grid + its variants, less the cells the memory model rules out (README: Impossible cells)
-        "profile": sum(1 for v in [{}, *(pr.get("variants") or {}).values()]
-                       for m in v.get("models", pr["models"]) for s in v.get("strategies", pr["strategies"])
-                       for n in v.get("nodes", pr["nodes"]) if cell_feasibility(cfg, m, s, n, v)[0] == "ok"),
+        "evaluate": len(cfg["models"]),  # one job per model: every protocol x dataset
+        # one job per model x node count, holding only the cells the memory model finds feasible
+        **{"profile_" + b.name.replace("-", "_"): 1 for b in bundles},
         "plan": 1, "figures": 1, "all": 1,
     }
     expected["total"] = sum(expected.values())
     assert _job_stats(text) == expected
+    # the base grid + its variants, less the cells the memory model rules out (README: Impossible cells)
+    pr = cfg["profile"]
+    feasible = sum(1 for v in [{}, *(pr.get("variants") or {}).values()]
+                   for m in v.get("models", pr["models"]) for s in v.get("strategies", pr["strategies"])
+                   for n in v.get("nodes", pr["nodes"]) if cell_feasibility(validate(cfg), m, s, n, v)[0] == "ok")
+    assert sum(len(b.cells) for b in bundles) == feasible and len(bundles) == 49
+    # every batch job of the study at once stays under Frontier's 100 queued jobs per user
+    assert expected["total"] - expected["download"] - expected["figures"] - expected["all"] <= 100
     # the account comes from the environment, never from the repository
     jobs = _parse_dry_run(text)
     assert {j["resources"].get("slurm_account") for j in jobs if j["rule"] not in ("download", "figures", "all")} \
@@ -174,8 +181,11 @@ def test_cluster_sbatch_matches_config(dry_runs, site):
     gpus_per_node, cpus = SITES[site][1], SITES[site][2]
     jobs = _parse_dry_run(text)
 
-    def runtime(rule, section):
-        return prof.get("set-resources", {}).get(rule, {}).get("runtime", cfg[section].get("runtime_min"))
+    from geofm.config import evaluate_settings, pretrain_settings, validate
+    from geofm.schedule import cell_paths_of, profile_bundles
+
+    vcfg = validate(cfg)
+    assert not any("runtime" in r for r in prof.get("set-resources", {}).values())  # the config's runtime wins
 
     def check_multi(job, nodes, per_node, minutes):
         cmd = _sbatch(job)
@@ -197,24 +207,29 @@ def test_cluster_sbatch_matches_config(dry_runs, site):
         assert f'SITE_ENV="envs/{site}/env.sh"' in job["shell"]
         return cmd
 
-    p = cfg["pretrain"]
-    assert p["procs_per_node"] == gpus_per_node
     pre = [j for j in jobs if j["rule"] == "pretrain"]
     assert {j["wildcards"]["model"] for j in pre} == set(cfg["models"])
-    cmd = check_multi(pre[0], p["nodes"], p["procs_per_node"], runtime("pretrain", "pretrain"))
-    if site == "frontier":
-        assert _flag(cmd, "--mem") is None  # whole nodes
+    for job in pre:  # each model its own nodes and walltime (pretrain.per_model)
+        p = pretrain_settings(vcfg, job["wildcards"]["model"])
+        assert p["procs_per_node"] == gpus_per_node
+        cmd = check_multi(job, p["nodes"], p["procs_per_node"], p["runtime_min"])
+        if site == "frontier":
+            assert _flag(cmd, "--mem") is None  # whole nodes
+            assert "--signal=USR1@300" in cmd and "--network=disable_rdzv_get" in cmd, cmd
+    assert len({pretrain_settings(vcfg, m)["nodes"] for m in cfg["models"]}) > 1
 
-    prof_jobs = [j for j in jobs if j["rule"] == "profile"]
-    for n in (min(cfg["profile"]["nodes"]), max(cfg["profile"]["nodes"])):
-        job = next(j for j in prof_jobs if j["wildcards"]["nodes"] == str(n))
-        check_multi(job, n, cfg["profile"]["procs_per_node"], runtime("profile", "profile"))
+    prof_jobs = {j["rule"]: j for j in jobs if j["rule"].startswith("profile_")}
+    bundles = profile_bundles(vcfg, cell_paths_of(vcfg))
+    for b in (bundles[0], bundles[-1], max(bundles, key=lambda b: len(b.cells))):
+        job = prof_jobs["profile_" + b.name.replace("-", "_")]
+        check_multi(job, b.nodes, cfg["profile"]["procs_per_node"], b.runtime_min)
+        assert "profile-bundle" in job["shell"] and all(c.path.split("profile/", 1)[1] in job["shell"]
+                                                         for c in b.cells)
 
-    ev = next(j for j in jobs if j["rule"] == "evaluate")
-    cmd = _sbatch(ev)
-    assert _flag(cmd, "--ntasks") == "1" and _flag(cmd, "--gpus-per-task") == "1", cmd
-    assert _flag(cmd, "-t") == str(runtime("evaluate", "evaluate")), cmd
-    assert "mpi" not in ev["resources"] or not ev["resources"]["mpi"]
+    for ev in (j for j in jobs if j["rule"] == "evaluate"):  # several ranks, geometry per model
+        e = evaluate_settings(vcfg, ev["wildcards"]["model"])
+        check_multi(ev, e["nodes"], e["procs_per_node"], e["runtime_min"])
+        assert "evaluate-bundle" in ev["shell"]
 
     # download and figures stay on the login node (a dry run does not mark local rules; the Slurm test
     # below checks that they are never submitted)
@@ -257,6 +272,10 @@ def _slurm_reason() -> str | None:
     return None
 
 
+# A tiny study shaped like the paper's: two models (each its own pretraining geometry, evaluated on 2 ranks,
+# one with its encoder sharded), two strategies over 1 and 2 nodes plus a variant (5 profile cells in 2
+# bundles: model x node count), under the local cluster's limits (QOS: 100 queued jobs per user,
+# partition time limit): every job's walltime inside it, the whole study far below the submit limit.
 TINY = """
 results: results
 resources: resources
@@ -265,7 +284,10 @@ device: cpu
 image_size: 16
 pretrain_dataset: demo_scenes
 eval_datasets: [demo_landcover]
-models: [test_micro]
+models: [test_micro, demo_tiny]
+scheduler:
+  max_submissions: 100
+  walltime_bins: [{max_nodes: 2, max_min: 120}]
 datasets:
   demo_scenes: {kind: scenes, source: synthetic, format: geotiff_scenes, n_scenes: 2, size: 256, bands: 3,
                 tile_size: 16, stride: 16, min_valid_fraction: 0.9, split_block: 64}
@@ -273,10 +295,13 @@ datasets:
                    tile_size: 16, train_ratio: 0.5, min_purity: 0.9, max_per_class: 40}
 pretrain: {steps: 5, batch_size: 8, lr: 1.0e-3, warmup_steps: 1, weight_decay: 0.05, mask_ratio: 0.75,
            norm_pix_loss: false, decoder_dim: 16, decoder_depth: 1, decoder_heads: 2, strategy: NO_SHARD,
-           nodes: 2, procs_per_node: 1, precision: fp32, checkpoint_every: 2, log_every: 1, runtime_min: 10}
-evaluate: {protocols: [knn], batch_size: 64, linprobe_epochs: 2, knn_k: 5, knn_temperature: 0.07, runtime_min: 10}
-profile: {models: [test_micro], strategies: [FULL_SHARD], nodes: [1], procs_per_node: 2, batch_size: 4,
-          steps: 2, warmup_steps: 1, precision: fp32, data: synthetic, runtime_min: 10}
+           nodes: 2, procs_per_node: 1, precision: fp32, checkpoint_every: 2, log_every: 1, runtime_min: 10,
+           retries: 1, per_model: {demo_tiny: {nodes: 1, procs_per_node: 2, runtime_min: 8}}}
+evaluate: {protocols: [knn, linprobe], batch_size: 64, linprobe_epochs: 2, knn_k: 5, knn_temperature: 0.07,
+           runtime_min: 10, nodes: 1, procs_per_node: 2, per_model: {demo_tiny: {shard_encoder: true}}}
+profile: {models: [test_micro], strategies: [NO_SHARD, FULL_SHARD], nodes: [1, 2], procs_per_node: 2,
+          batch_size: 4, steps: 2, warmup_steps: 1, precision: fp32, data: synthetic, runtime_min: 5,
+          variants: {noprefetch: {backward_prefetch: 0, models: [test_micro], strategies: [FULL_SHARD], nodes: [2]}}}
 """
 
 
@@ -296,17 +321,34 @@ def _sacct(workdir: Path, since: str) -> list[dict]:
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_demo_dag_through_slurm(tmp_path):
+def test_paper_shaped_study_through_slurm(tmp_path):
     reason = _slurm_reason()
     if reason:
         pytest.skip(reason)
+    # the cluster carries Frontier's limits that matter here
+    qos = subprocess.run(["sacctmgr", "-n", "-P", "show", "qos", "where", "name=normal", "format=MaxSubmitPU"],
+                         capture_output=True, text=True, timeout=30).stdout.split()
+    part = subprocess.run(["scontrol", "show", "partition", "batch"], capture_output=True, text=True, timeout=30).stdout
+    enforce = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    if qos != ["100"] or "MaxTime=02:00:00" not in part or "limits" not in enforce:
+        pytest.skip("the local Slurm lacks the submit/time limits: restart it with scripts/start-test-slurm.sh")
+    too_long = subprocess.run(["sbatch", "--parsable", "-t", "121", "-o", "/dev/null", "--wrap", "true"],
+                              capture_output=True, text=True, timeout=30)
+    assert too_long.returncode != 0  # over the partition's limit: rejected at submission, as on Frontier
+
+    from geofm.config import validate
+    from geofm.schedule import cell_paths_of, study_schedule
+
     wd = _copy_workflow(tmp_path / "wf")
     (wd / "tiny.yaml").write_text(TINY)
+    cfg = validate(yaml.safe_load(TINY))
+    plan = study_schedule(cfg, cell_paths_of(cfg))
+    assert plan["problems"] == [] and plan["profile_cells"] == 5
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
     t0 = time.time()
     # SIGINT, not SIGTERM: Snakemake then cancels its Slurm jobs and stops
-    p = subprocess.run(["timeout", "-s", "INT", "420", *SNAKEMAKE, "--profile", "profiles/test-slurm",
-                        "--configfile", "tiny.yaml"], cwd=wd, capture_output=True, text=True, timeout=480)
+    p = subprocess.run(["timeout", "-s", "INT", "540", *SNAKEMAKE, "--profile", "profiles/test-slurm",
+                        "--configfile", "tiny.yaml"], cwd=wd, capture_output=True, text=True, timeout=600)
     log = p.stdout + p.stderr
     if p.returncode != 0:
         tails = "".join(f"\n--- {f}\n{f.read_text()[-1500:]}" for f in sorted((wd / "results/logs").rglob("*.log")))
@@ -317,35 +359,47 @@ def test_demo_dag_through_slurm(tmp_path):
     jobs = _sacct(wd, since)
     by_rule: dict[str, list] = {}
     for j in jobs:
-        m = re.match(r"rule_(\w+?)_wildcards", j["comment"])
+        m = re.match(r"rule_(\w+?)(?:_wildcards|$)", j["comment"])
         by_rule.setdefault(m.group(1) if m else j["comment"], []).append(j)
-    assert sorted(by_rule) == ["evaluate", "pretrain", "profile", "tile"], jobs
     assert {j["state"] for j in jobs} == {"COMPLETED"}, jobs
-    assert len(by_rule["tile"]) == 2
-    (pre,) = by_rule["pretrain"]
-    assert pre["nnodes"] == "2" and pre["nodes"] == "n[1-2]", pre
-    srun_steps = [s for k, s in pre.get("steps", {}).items() if k.isdigit() and s["ntasks"] == "2"]
+    bundles = sorted(r for r in by_rule if r.startswith("profile_"))
+    assert bundles == ["profile_test_micro_1n", "profile_test_micro_2n"], sorted(by_rule)
+    assert sorted(set(by_rule) - set(bundles)) == ["evaluate", "pretrain", "tile"], sorted(by_rule)
+    # as many submissions as planned (no retry was needed), far under the QOS limit
+    assert len(jobs) == plan["submissions"] - sum(j["submissions"] - 1 for j in plan["jobs"]) <= 100
+    assert len(by_rule["tile"]) == 2 and len(by_rule["evaluate"]) == 2 and len(by_rule["pretrain"]) == 2
+    # pretraining: each model its own geometry
+    pre = {j["nnodes"]: j for j in by_rule["pretrain"]}
+    assert sorted(pre) == ["1", "2"] and pre["2"]["nodes"] == "n[1-2]", pre
+    srun_steps = [s for k, s in pre["2"].get("steps", {}).items() if k.isdigit() and s["ntasks"] == "2"]
     assert srun_steps and srun_steps[0]["nodes"] == "n[1-2]", pre  # one rank on each node
-    (prof,) = by_rule["profile"]
-    assert prof["nnodes"] == "1" and any(s["ntasks"] == "2" for s in prof.get("steps", {}).values()), prof
-    # the site script ran and made its node-local directory on both nodes of the pretrain job
-    node_tmp = Path(f"/tmp/geofm-{os.environ.get('USER') or 'root'}-{pre['id']}")
-    if not node_tmp.exists():
-        node_tmp = next(Path("/tmp").glob(f"geofm-*-{pre['id']}"))
+    # one batch job per model x node count, one srun step per cell (test_micro x 2 nodes: 2 + 1 variant)
+    (b,) = by_rule["profile_test_micro_2n"]
+    cell_steps = [s for k, s in b.get("steps", {}).items() if k.isdigit() and s["ntasks"] == "4"]
+    assert b["nnodes"] == "2" and len(cell_steps) == 3, b  # (+ the site script's one task per node)
+    # evaluation: one job per model, each protocol x dataset an srun step of 2 ranks
+    for ev in by_rule["evaluate"]:
+        steps = [s for k, s in ev.get("steps", {}).items() if k.isdigit()]
+        assert ev["nnodes"] == "1" and len(steps) == 2 and all(s["ntasks"] == "2" for s in steps), ev
+    # the site script ran and made its node-local directory on both nodes of the 2-node pretrain job
+    node_tmp = next(Path("/tmp").glob(f"geofm-*-{pre['2']['id']}"))
     assert {p.name for p in node_tmp.glob(".node-*")} == {".node-n1", ".node-n2"}
 
     # outputs
-    summary = json.loads((res / "pretrain/test_micro/summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["steps"] == 5
-    recs = [json.loads(ln) for ln in (res / "pretrain/test_micro/metrics.jsonl").read_text().splitlines() if ln.strip()]
-    assert [r["step"] for r in recs] == [1, 2, 3, 4, 5]
-    assert all(r["loss"] == r["loss"] and r["loss"] > 0 for r in recs)
-    assert (res / "pretrain/test_micro/encoder.pt").stat().st_size > 0
-    prof_rec = json.loads((res / "profile/test_micro/FULL_SHARD/1n.json").read_text())
-    assert prof_rec["world_size"] == 2 and prof_rec["status"] == "ok" and prof_rec["images_per_s"] > 0
-    ev = json.loads((res / "eval/knn/test_micro/demo_landcover.json").read_text())
-    assert 0.0 <= ev["pretrained"]["top1"] <= 1.0 and "random_init" in ev
+    for model, world in (("test_micro", 2), ("demo_tiny", 2)):
+        summary = json.loads((res / f"pretrain/{model}/summary.json").read_text())
+        assert summary["world_size"] == world and summary["steps"] == 5
+        recs = [json.loads(ln) for ln in (res / f"pretrain/{model}/metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in recs] == [1, 2, 3, 4, 5] and all(r["loss"] > 0 for r in recs)
+        for proto in ("knn", "linprobe"):
+            ev = json.loads((res / f"eval/{proto}/{model}/demo_landcover.json").read_text())
+            assert 0.0 <= ev["pretrained"]["top1"] <= 1.0 and "random_init" in ev
+            assert ev["settings"]["world_size"] == 2  # evaluated on 2 ranks
+    for cell in cell_paths_of(cfg):
+        rec = json.loads((wd / cell).read_text())
+        assert rec["status"] == "ok" and rec["world_size"] == 2 * rec["nodes"], (cell, rec.get("status"))
     for name in ("loss_curves", "accuracy_vs_size", "throughput_per_strategy"):
         assert (res / f"figures/{name}.png").stat().st_size > 1000
     assert (res / "tables/profile.csv").exists()
-    print(f"slurm DAG: {time.time() - t0:.0f}s, jobs {sorted((r, len(v)) for r, v in by_rule.items())}")
+    print(f"slurm study: {time.time() - t0:.0f}s, {len(jobs)} sbatch jobs "
+          f"{sorted((r, len(v)) for r, v in by_rule.items())}")

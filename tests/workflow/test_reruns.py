@@ -66,35 +66,54 @@ def test_pretrain_steps_reruns_pretraining_and_what_depends_on_it(study):
         jobs = planned(snakemake(study, *args, "-n"))
         rules = sorted(r for r, _ in jobs)
         # geofm plan prices the pretraining (its node-hours), so it reruns too
-        assert rules == ["all", "evaluate", "evaluate", "evaluate", "evaluate", "figures", "plan", "pretrain",
-                         "pretrain"], args
+        # (evaluate: one bundle job per model, every protocol x dataset)
+        assert rules == ["all", "evaluate", "evaluate", "figures", "plan", "pretrain", "pretrain"], args
     res = snakemake(study, "--configfile", name, "-n", "--list-changes", "params")
     assert {"results/pretrain/test_micro/encoder.pt", "results/pretrain/demo_tiny/encoder.pt"} <= set(res.stdout.split())
     assert "results/eval/knn/test_micro/demo_landcover.json" not in res.stdout  # a consequence, not a params change
 
 
-def test_knn_k_reruns_the_knn_jobs_and_the_figures_only(study):
+def test_knn_k_reruns_the_evaluation_bundles_and_the_figures_only(study):
+    # the bundle of a model's evaluations carries the params of each of its protocol x dataset jobs
     name = write_config(study, "knn.yaml", **{"evaluate.knn_k": 3})
+    res = snakemake(study, "--configfile", name, "-n")
+    assert sorted(planned(res)) == sorted([("all", ""), ("figures", "results/figures/accuracy_vs_size.png"),
+                                           ("evaluate", "results/eval/linprobe/test_micro/demo_landcover.json"),
+                                           ("evaluate", "results/eval/linprobe/demo_tiny/demo_landcover.json")])
+    # a per-model setting that changes results reruns that model's bundle only
+    name = write_config(study, "ft.yaml", **{"evaluate.per_model": {"demo_tiny": {"feature_precision": "bf16"}}})
     jobs = planned(snakemake(study, "--configfile", name, "-n"))
     assert sorted(jobs) == sorted([("all", ""), ("figures", "results/figures/accuracy_vs_size.png"),
-                                   ("evaluate", "results/eval/knn/test_micro/demo_landcover.json"),
-                                   ("evaluate", "results/eval/knn/demo_tiny/demo_landcover.json")])
+                                   ("evaluate", "results/eval/linprobe/demo_tiny/demo_landcover.json")])
+
+
+def test_a_cell_setting_reruns_the_profile_bundle_holding_it(study):
+    # tiny.yaml: test_micro's 1-node cells (base + noprefetch) are one bundle, profile_test_micro_1n
+    name = write_config(study, "var.yaml", **{"profile.variants.noprefetch.forward_prefetch": 1})
+    rules = sorted(r for r, _ in planned(snakemake(study, "--configfile", name, "-n")))
+    assert "profile_test_micro_1n" in rules and not {"pretrain", "evaluate", "tile"} & set(rules), rules
+    # (geofm plan reads the profile section too, so it may rerun; nothing else does)
+    assert set(rules) <= {"all", "figures", "plan", "profile_test_micro_1n"}, rules
 
 
 def test_tile_size_reruns_that_datasets_tiles_and_downstream(study):
     name = write_config(study, "tiles.yaml", **{"datasets.demo_landcover.tile_size": 16})
     jobs = planned(snakemake(study, "--configfile", name, "-n"))
     assert ("tile", "results/tiles/demo_landcover/stats.json") in jobs
-    assert sorted(r for r, _ in jobs) == ["all", "evaluate", "evaluate", "evaluate", "evaluate", "figures", "tile"]
+    assert sorted(r for r, _ in jobs) == ["all", "evaluate", "evaluate", "figures", "tile"]
     # the pretraining dataset's tiles: its tiling, pretraining, evaluation and figures; not its download
     name = write_config(study, "tiles2.yaml", **{"datasets.demo_scenes.tile_size": 16})
     rules = sorted(r for r, _ in planned(snakemake(study, "--configfile", name, "-n")))
-    assert rules == ["all"] + ["evaluate"] * 4 + ["figures", "pretrain", "pretrain", "tile"]
+    assert rules == ["all"] + ["evaluate"] * 2 + ["figures", "pretrain", "pretrain", "tile"]
 
 
 def test_execution_only_settings_rerun_nothing(study):
     name = write_config(study, "exec.yaml", **{"pretrain.checkpoint_every": 3, "pretrain.runtime_min": 7,
-                                              "evaluate.runtime_min": 9, "profile.runtime_min": 11})
+                                              "evaluate.runtime_min": 9, "profile.runtime_min": 11,
+                                              "pretrain.retries": 2,
+                                              "pretrain.per_model": {"demo_tiny": {"runtime_min": 5, "retries": 1}},
+                                              "evaluate.per_model": {"demo_tiny": {"runtime_min": 5}},
+                                              "scheduler": {"max_submissions": 50}})
     res = snakemake(study, "--configfile", name, "-n")
     assert "Nothing to be done" in res.stdout + res.stderr
 

@@ -1,5 +1,6 @@
 """The DAG end to end on a tiny config in a temporary directory, via the Snakemake CLI."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -122,14 +123,22 @@ def test_paper_study_dry_run_lists_every_job(tmp_path):
     for strategy in ("DDP", "NO_SHARD", "SHARD_GRAD_OP", "FULL_SHARD", "HYBRID_16GPUs"):
         assert f"/{strategy}/128n.json" in text
     counts = dict(line.split()[:2] for line in text.splitlines() if line.split()[:1] and line.split()[0] in
-                  ("pretrain", "evaluate", "profile", "download", "tile"))
+                  ("pretrain", "evaluate", "download", "tile"))
+    # evaluate: one job per model (3 protocols x 4 datasets each)
+    assert counts == {"download": "5", "tile": "5", "pretrain": "6", "evaluate": "6"}
     # profile: 6 models x 9 strategies x 8 node counts (base) less the 62 cells the memory model rules out
     # (README: Impossible cells are not jobs), + the variants of config/config.yaml: noprefetch and prefetch2
-    # (ViT-5B, 3 strategies, 8 nodes: 3 + 3) and compile (6 models x 2 x 2: 24)
-    # evaluate: 3 protocols x 6 models x (MillionAID + UC Merced at 50/80 % + AID at 20/50 % + NWPU-RESISC45 at
-    # 10/20 % + EuroSAT) = 3 x 6 x 8
-    assert counts == {"download": "5", "tile": "5", "pretrain": "6", "evaluate": "144",
-                      "profile": str(432 - 62 + 30)}
+    # (ViT-5B, 3 strategies, 8 nodes: 3 + 3) and compile (6 models x 2 x 2: 24) = 400 cells, in one job per
+    # model x node count (49: ViT-5B x 8 nodes has 14 feasible cells, two 2-hour jobs)
+    bundles = {ln.split()[0]: int(ln.split()[1]) for ln in text.splitlines()
+               if re.match(r"^profile_\w+\s+\d+$", ln)}
+    assert len(bundles) == 49 and set(bundles.values()) == {1}
+    assert "profile_vit_5b_8n_1" in bundles and "profile_vit_5b_8n_2" in bundles
+    cells = set(re.findall(r"results/profile/\S+?\.json", text))
+    assert len(cells) == 432 - 62 + 30
+    # evaluate: one job per model; its outputs: 3 protocols x (MillionAID + UC Merced at 50/80 % + AID at
+    # 20/50 % + NWPU-RESISC45 at 10/20 % + EuroSAT) = 3 x 8 per model
+    assert len(set(re.findall(r"results/eval/\S+?\.json", text))) == 3 * 6 * 8
     assert "results/profile/vit_15b/DDP/" not in text
     for stem in ("millionaid", "ucmerced.tr50", "ucmerced.tr80", "aid.tr20", "aid.tr50", "resisc45.tr10",
                  "resisc45.tr20", "eurosat"):

@@ -1,5 +1,6 @@
 # Paths, wildcard lists and the effective config that every rule hands to the `geofm` CLI.
 import hashlib
+import math
 import json
 import os
 import socket
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from geofm.config import rule_params
+from geofm.config import evaluate_settings, pretrain_settings, rule_params
+from geofm.schedule import TILE_RETRIES, profile_bundles
 
 RES = config["results"]
 RAW = config["resources"]
@@ -25,8 +27,6 @@ wildcard_constraints:
     nodes="[0-9]+",
     # a profile variant as its file-name suffix: "" (the base variant) or ".<name>"
     variant=r"(\.[a-z][a-z0-9_]*)?",
-    # an evaluation at a train ratio as its file-name suffix: "" (the tiles' split) or ".tr<percent>"
-    ratio=r"(\.tr[0-9p]+)?",
 
 
 def effective_config() -> str:
@@ -74,9 +74,15 @@ def tile_inputs(wc):
     return out
 
 
-def pretrain_tasks(wc=None):
-    p = config["pretrain"]
-    return p.get("nodes", 1) * p.get("procs_per_node", 1)
+def pretrain_geometry(model):
+    """(nodes, ranks per node) of a model's pretraining: pretrain.per_model.<model> over pretrain."""
+    p = pretrain_settings(config, model)
+    return p.get("nodes", 1), p.get("procs_per_node", 1)
+
+
+def evaluate_geometry(model):
+    e = evaluate_settings(config, model)
+    return e.get("nodes", 1), e.get("procs_per_node", 1)
 
 
 # --- Cluster execution (profiles/frontier, profiles/slurm-cuda, profiles/test-slurm) -------------------
@@ -107,6 +113,10 @@ def srun_tasks_per_node(per_node):
 
 LAUNCH = ('MPI="{resources.mpi}"; ${{MPI:+$MPI --nodes={resources.nodes} --ntasks={resources.ranks} '
           '--ntasks-per-node={resources.ranks_per_node}}} ')
+# The same geometry as a launcher prefix in $GEOFM_LAUNCH, for commands that start several launches in one
+# job (geofm profile-bundle / evaluate-bundle: one srun step per cell); empty locally.
+LAUNCH_PREFIX = ('MPI="{resources.mpi}"; GEOFM_LAUNCH="${{MPI:+$MPI --nodes={resources.nodes} '
+                 '--ntasks={resources.ranks} --ntasks-per-node={resources.ranks_per_node}}}"; ')
 # A site environment script (modules, venv, RCCL/NCCL and MIOpen settings) sourced first by the rules
 # that run on compute nodes; a cluster profile sets the resource `site_env` (e.g. envs/frontier/env.sh),
 # relative to the repository; locally it is empty and nothing is sourced.
@@ -130,21 +140,15 @@ def eval_stems(name):
     return [f"{name}.{ratio_tag(r)}" for r in ratios] if ratios else [name]
 
 
-def eval_ratio(wc):
-    """The train ratio named by an evaluation's `{ratio}` tag (one of datasets.<D>.train_ratios), None when none."""
-    if not wc.ratio:
+def stem_ratio(dataset, stem):
+    """The train ratio of an evaluation stem (`{dataset}` -> None, `{dataset}.tr<percent>` -> one of
+    datasets.<D>.train_ratios)."""
+    if stem == dataset:
         return None
-    tag = wc.ratio.lstrip(".")
-    for r in config["datasets"][wc.dataset].get("train_ratios") or []:
-        if ratio_tag(r) == tag:
+    for r in config["datasets"][dataset].get("train_ratios") or []:
+        if f"{dataset}.{ratio_tag(r)}" == stem:
             return float(r)
-    raise ValueError(f"{wc.dataset}{wc.ratio}: no train ratio {tag!r} under datasets.{wc.dataset}.train_ratios")
-
-
-def eval_train_ratio(wc):
-    """The `--train-ratio` option of an evaluation whose file name carries a ratio tag ("" when none)."""
-    r = eval_ratio(wc)
-    return "" if r is None else f"--train-ratio {r}"
+    raise ValueError(f"{stem}: no such train ratio under datasets.{dataset}.train_ratios")
 
 
 EVAL_OUT = expand(f"{RES}/eval/{{protocol}}/{{model}}/{{stem}}.json",
@@ -152,22 +156,16 @@ EVAL_OUT = expand(f"{RES}/eval/{{protocol}}/{{model}}/{{stem}}.json",
 VARIANTS = PROF.get("variants") or {}
 
 
-def profile_variant(wc):
-    """The variant named by the `{variant}` suffix ("" -> "base"); an unknown name is an error."""
-    name = wc.variant.lstrip(".") or "base"
-    if name != "base" and name not in VARIANTS:
-        raise ValueError(f"profile variant {name!r} is not under profile.variants ({', '.join(VARIANTS) or 'none'})")
-    return name
-
-
-def profile_setting(wc, key, default=None):
-    """A profile setting as the cell's variant sees it (the variant's override, else profile.<key>)."""
-    return (VARIANTS.get(profile_variant(wc)) or {}).get(key, PROF.get(key, default))
+def profile_setting_of(variant, key, default=None):
+    """A profile setting as a cell's variant ("" / ".name" / "base" / "name") sees it (the variant's
+    override, else profile.<key>)."""
+    name = variant.lstrip(".") or "base"
+    return (VARIANTS.get(name) or {}).get(key, PROF.get(key, default))
 
 
 def feasible_cells(models, strategies, nodes, settings=None):
     """The (model, strategy, nodes) cells of a grid that can run: the memory model (geofm.perf.memory, the one
-    `geofm plan` and the profiler use) decides before any allocation; a cell that cannot fit, or whose shard
+    `geofm plan`, `geofm schedule` and the profiler use) decides before any allocation; a cell that cannot fit, or whose shard
     group does not divide the job, is not a job (the figures' tables list it as impossible)."""
     from geofm.perf.plan import cell_feasibility
 
@@ -188,6 +186,10 @@ def profile_outputs():
 
 
 PROFILE_OUT = profile_outputs()
+# Profile cells that share an allocation shape (model x node count) run in one batch job (geofm.schedule):
+# one rule per bundle, its outputs the bundle's feasible cell files (so each cell stays its own tracked
+# output and an impossible cell is in no bundle).
+PROFILE_BUNDLES = profile_bundles(config, PROFILE_OUT)
 METRICS_OUT = expand(f"{RES}/pretrain/{{model}}/metrics.jsonl", model=MODELS)
 
 FIGURE_NAMES = ["accuracy_vs_size", "loss_curves", "throughput_per_strategy", "peak_memory",

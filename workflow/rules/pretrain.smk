@@ -1,11 +1,16 @@
-# MAE pretraining, one job per model size. Nodes and tasks come from the config (pretrain.nodes ×
-# pretrain.procs_per_node); locally the CLI starts its own ranks, under Slurm `resources.mpi` (srun)
-# starts one task per GPU and each derives its rank from Slurm. A requeued or retried job resumes
-# from the latest complete checkpoint in results/pretrain/{model}/checkpoints/ (not an output, so
-# Snakemake keeps it) when that checkpoint's config fingerprint is this job's and its run is unfinished;
-# otherwise (another config, or a finished run redone by --forcerun / a params change) the old checkpoints
-# are moved aside and training starts at step 0. With pretrain.protect (the paper's config) encoder.pt is
-# write-protected: no rerun replaces it until it is removed by hand (README: what reruns when).
+# MAE pretraining, one job per model size. Nodes, ranks per node, walltime and retries per model come from
+# the config (pretrain.per_model.<model> over pretrain; execution only: they are not in the rule's params
+# or the checkpoint fingerprint); locally the CLI starts its own ranks, under Slurm `resources.mpi` (srun)
+# starts one task per GPU and each derives its rank from Slurm.
+# Walltime: a chunk that gets the walltime signal (profiles/frontier: sbatch --signal=USR1@300) or SIGTERM
+# writes a checkpoint at the current step and exits (status 75); Snakemake resubmits it (`retries`) and it
+# resumes from the latest complete checkpoint in results/pretrain/{model}/checkpoints/ (not an output, so
+# Snakemake keeps it) since that checkpoint's config fingerprint is this job's and its run is unfinished.
+# Otherwise (another config, or a finished run redone by --forcerun / a params change) the old checkpoints
+# are moved aside and training starts at step 0. Snakemake's retries are per rule: the rule takes the
+# largest of the models' (the others finish within theirs; `geofm schedule` checks each model's chunks
+# against its own retries). With pretrain.protect (the paper's config) encoder.pt is write-protected: no
+# rerun replaces it until it is removed by hand (README: what reruns when).
 rule pretrain:
     input:
         tiles_of(PRETRAIN_DS),
@@ -17,15 +22,17 @@ rule pretrain:
         f"{RES}/logs/pretrain/{{model}}.log",
     params:
         cfg=lambda wc: rule_params(config, "pretrain", model=wc.model),
-    threads: lambda wc: rank_threads(pretrain_tasks())
+    retries: max(pretrain_settings(config, m).get("retries", 0) for m in MODELS)
+    threads: lambda wc: rank_threads(math.prod(pretrain_geometry(wc.model)))
     resources:
-        nodes=config["pretrain"].get("nodes", 1),
-        ranks=pretrain_tasks(),
-        ranks_per_node=config["pretrain"].get("procs_per_node", 1),
-        tasks=srun_tasks(config["pretrain"].get("nodes", 1), config["pretrain"].get("procs_per_node", 1)),
-        tasks_per_node=srun_tasks_per_node(config["pretrain"].get("procs_per_node", 1)),
-        runtime=config["pretrain"].get("runtime_min", 60),
+        nodes=lambda wc: pretrain_geometry(wc.model)[0],
+        ranks=lambda wc: math.prod(pretrain_geometry(wc.model)),
+        ranks_per_node=lambda wc: pretrain_geometry(wc.model)[1],
+        tasks=lambda wc: srun_tasks(*pretrain_geometry(wc.model)),
+        tasks_per_node=lambda wc: srun_tasks_per_node(pretrain_geometry(wc.model)[1]),
+        runtime=lambda wc: pretrain_settings(config, wc.model)["runtime_min"],
         mpi="",
         site_env="",
     shell:
-        SITE_ENV + LAUNCH + "geofm pretrain --config {CFG} --model {wildcards.model} > {log} 2>&1"
+        # >>: the log keeps every chunk of a resubmitted run
+        SITE_ENV + LAUNCH + "geofm pretrain --config {CFG} --model {wildcards.model} >> {log} 2>&1"

@@ -3,7 +3,10 @@
 :func:`fetch_dataset` ``(name, ds_cfg, raw_dir) -> Path`` (the path of ``download.json``) supports:
 
 - ``source: synthetic`` -- :func:`geofm.data.demo.synthesize_scenes` (``n_scenes``, ``size``, ``bands``, ``seed``);
-- ``source: local`` -- ``path:`` a file or directory, copied (relative paths resolve against the CWD);
+- ``source: local`` -- ``path:`` a file or directory (relative paths resolve against the CWD), verified in
+  place and *linked* into ``raw_dir`` (a symlink), never copied: a by-hand dataset (MillionAID's ~230 GB
+  tree, AID.zip) stays where it was put, and the download rule, which runs on the login node, only checks
+  it (a file's checksum; a tree's file count and bytes, no hashing of every file);
 - ``source: url`` -- ``url:`` over HTTP(S) with urllib; a ``path:`` override (local copy) takes precedence,
   then ``mirror:`` (falling back to ``url`` if the mirror fails).  Downloads go to ``<file>.part``, resume with
   ``Range`` requests, retry with exponential backoff (``retries``, ``backoff_s``), show a tqdm bar on a TTY,
@@ -72,29 +75,36 @@ def _verify_checksums(path: Path, ds_cfg: dict) -> None:
     _verify_sha256(path, ds_cfg.get("md5"), algo="md5")
 
 
-def _copy_local(src: Path, raw_dir: Path) -> list[Path]:
-    """Copy a file into raw_dir, or a directory's contents into raw_dir (tmp name + rename)."""
+def _link_local(src: Path, raw_dir: Path) -> tuple[Path, dict]:
+    """Verify ``src`` in place and link it as ``raw_dir/<src name>`` (replacing an older link atomically);
+    returns the link and what was checked."""
     if not src.exists():
         raise DataError(f"local path {src} does not exist")
-    out: list[Path] = []
-    if src.is_file():
-        dst = raw_dir / src.name
-        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-        shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
-        return [dst]
-    for p in sorted(src.rglob("*")):
-        if p.is_dir() or p.name == DOWNLOAD_JSON:
-            continue
-        dst = raw_dir / p.relative_to(src)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-        shutil.copy2(p, tmp)
-        os.replace(tmp, dst)
-        out.append(dst)
-    if not out:
-        raise DataError(f"local directory {src} is empty")
-    return out
+    info: dict = {}
+    if src.is_dir():
+        n, size = 0, 0
+        for root, _dirs, names in os.walk(src, followlinks=True):
+            for nm in names:
+                if nm == DOWNLOAD_JSON:
+                    continue
+                try:
+                    size += os.stat(os.path.join(root, nm)).st_size
+                except OSError as exc:
+                    raise DataError(f"local directory {src}: cannot read {os.path.join(root, nm)}: {exc}") from exc
+                n += 1
+        if not n:
+            raise DataError(f"local directory {src} is empty")
+        info = {"n_files": n, "bytes": size}
+    elif not os.access(src, os.R_OK):
+        raise DataError(f"local file {src} is not readable")
+    link = raw_dir / src.name
+    if link.exists() and not link.is_symlink():
+        raise DataError(f"{link} exists and is not a link: remove it (an older copy), the data stays at {src}")
+    tmp = raw_dir / f".{src.name}.link-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    os.symlink(src, tmp, target_is_directory=src.is_dir())
+    os.replace(tmp, link)
+    return link, info
 
 
 def _filename_for(url: str, ds_cfg: dict) -> str:
@@ -228,12 +238,17 @@ def fetch_dataset(name: str, ds_cfg: dict, raw_dir) -> Path:
             raise DataError(f"dataset {name!r}: source 'local' needs 'path:'")
         src = Path(ds_cfg["path"]).expanduser()
         src = src if src.is_absolute() else Path.cwd() / src
-        files = _copy_local(src.resolve(), raw_dir)
+        link, info = _link_local(src.resolve(), raw_dir)
         record["origin"] = str(src.resolve())
+        record["linked"] = True
         if source == "url":
             record["url"] = ds_cfg.get("url")
-        if src.is_file():
-            _verify_checksums(files[0], ds_cfg)
+        if info:  # a tree: counted, not hashed
+            record["files"] = [{"path": link.name, **info}]
+            _atomic_write_json(manifest, record)
+            return manifest
+        _verify_checksums(link, ds_cfg)
+        files = [link]
     elif source == "url":
         files, used = _fetch_url(ds_cfg, raw_dir)
         record["url"] = used

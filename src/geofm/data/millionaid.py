@@ -132,7 +132,10 @@ def check_counts(name: str, n_images: int, classes: list[str], ds_cfg: dict) -> 
 
 def tile_millionaid(b, fmt, ds_cfg, raw_dir: Path, parent_raw_dir, seed: int) -> None:
     """The tiler of format ``millionaid_zip`` (called by :func:`geofm.data.tiling.tile_dataset`)."""
-    from .tiling import _extract_archives, _load_image, _seeded_rng, stratified_split
+    from functools import partial
+
+    from .parallel_shards import decode_shards, default_workers, shard_size
+    from .tiling import _decode_image, _extract_archives, _seeded_rng, stratified_split
 
     S = b.tile_size
     items = collect_items(b.reject, _extract_archives(b, ds_cfg, raw_dir), raw_dir)
@@ -142,15 +145,24 @@ def tile_millionaid(b, fmt, ds_cfg, raw_dir: Path, parent_raw_dir, seed: int) ->
     b.extra["count_check"] = check_counts(b.name, len(items), classes, ds_cfg)
     b.classes = classes
     cidx = {c: i for i, c in enumerate(classes)}
-    for cname, f, src, folder in items:
-        try:
-            tile, (h, w) = _load_image(f, S)
-        except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt files
-            b.reject(src, f"cannot decode image {src}: {type(e).__name__}: {e}")
-            continue
-        b.add(tile, {"tile_id": src, "source": src, "row_off": 0, "col_off": 0, "height": h, "width": w,
-                     "crs": None, "geometry": None, "label": -1 if cname is None else cidx[cname],
-                     "label_name": cname or "", "split": "train"})
+    # ~1M images: decoded in parallel processes, shard by shard, resumed per shard after an interrupted run
+    # (geofm.data.parallel_shards, as for the other image folders)
+    per_shard = shard_size(3, S, b.shard_max_mb)
+    groups = decode_shards([str(f) for _, f, _, _ in items], partial(_decode_image, S=S), per_shard, b.work_dir,
+                           int(ds_cfg.get("workers") or default_workers()),
+                           {"format": fmt, "tile_size": S, "sources": [src for _, _, src, _ in items]})
+    for k, (npy, metas) in enumerate(groups):
+        rows = []
+        for (cname, _, src, _), meta in zip(items[k * per_shard:(k + 1) * per_shard], metas):
+            if not meta["ok"]:
+                b.reject(src, f"cannot decode image {src}: {meta['reason']}")
+                continue
+            rows.append({"tile_id": src, "source": src, "row_off": 0, "col_off": 0, "height": meta["height"],
+                         "width": meta["width"], "crs": None, "geometry": None,
+                         "label": -1 if cname is None else cidx[cname], "label_name": cname or "",
+                         "split": "train"})
+        if rows:
+            b.add_shard(npy, rows)
     labelled = [r for r in b.rows if r["label"] >= 0]
     if not labelled:
         raise DataError(f"dataset {b.name!r}: no image in a leaf class folder under {raw_dir}")

@@ -82,6 +82,29 @@ class _Builder:
         self.rejected: list[dict] = []
         self.classes: list[str] = []
         self.extra: dict = {}
+        self.work_dir: Path | None = None  # resumable per-shard work beside the output (parallel_shards)
+        self.n_shards = 0
+
+    def add_shard(self, npy: Path, rows: list[dict]) -> None:
+        """Take a finished shard (``parallel_shards``) as the next one; ``rows`` in its order. Linked, not
+        moved, so that the work directory stays complete until the whole stage succeeds."""
+        from .shards import shard_name
+
+        if self.writer is not None:
+            raise RuntimeError("add_shard after add: one way of writing shards per dataset")
+        arr = np.load(npy, mmap_mode="r")
+        if arr.shape[0] != len(rows):
+            raise DataError(f"{npy}: {arr.shape[0]} tiles but {len(rows)} manifest rows")
+        self.bands = int(arr.shape[1])
+        dst = self.tmp / shard_name(self.n_shards)
+        try:
+            os.link(npy, dst)
+        except OSError:
+            shutil.copyfile(npy, dst)
+        for i, row in enumerate(rows):
+            row["shard"], row["index"] = self.n_shards, i
+            self.rows.append(row)
+        self.n_shards += 1
 
     def reject(self, file, reason: str) -> None:
         self.rejected.append({"file": str(file), "reason": reason})
@@ -208,6 +231,7 @@ def tile_dataset(name: str, ds_cfg: dict, raw_dir, out_dir, parent_raw_dir=None,
     os.chmod(tmp, 0o755)  # mkdtemp makes 0700; the final tiles dir should be an ordinary directory
     try:
         b = _Builder(tmp, name, tile_size, float(ds_cfg.get("shard_max_mb", 256)))
+        b.work_dir = out_dir.parent / f".{out_dir.name}.shards"
         b.extra["format"] = fmt
         handlers[fmt](b, fmt, ds_cfg, raw_dir, parent_raw_dir, int(seed))
         stats = b.finalize()
@@ -215,6 +239,7 @@ def tile_dataset(name: str, ds_cfg: dict, raw_dir, out_dir, parent_raw_dir=None,
             if p.is_dir():
                 shutil.rmtree(p)
         _swap_into_place(tmp, out_dir)
+        shutil.rmtree(b.work_dir, ignore_errors=True)  # done: the per-shard work is in out_dir now
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -224,6 +249,15 @@ def tile_dataset(name: str, ds_cfg: dict, raw_dir, out_dir, parent_raw_dir=None,
 # ----------------------------------------------------------------------------------------------------------
 # geotiff_scenes
 # ----------------------------------------------------------------------------------------------------------
+def _walk(root: Path):
+    """Every path under ``root``, following directory links (a by-hand dataset is linked into raw_dir;
+    ``Path.rglob`` does not descend into links before Python 3.13)."""
+    for d, dirs, files in os.walk(root, followlinks=True):
+        dirs.sort()
+        for n in sorted(dirs + files):
+            yield Path(d) / n
+
+
 def _rel(p: Path, root: Path) -> str:
     try:
         return p.relative_to(root).as_posix()
@@ -245,7 +279,7 @@ def _find_scene_files(raw_dir: Path, ds_cfg: dict) -> list[list[Path]]:
                 raise DataError(f"band_files pattern {pat!r} matches no file under {raw_dir}")
             files += [m for m in matches if m not in files]
         return [files]
-    files = sorted(p for p in raw_dir.rglob("*") if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES
+    files = sorted(p for p in _walk(raw_dir) if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES
                    and not p.name.lower().endswith(("_labels.tif", "_labels.tiff")) and not p.name.startswith("."))
     return [[p] for p in files]
 
@@ -665,7 +699,7 @@ def _extract_rar(path: Path, dest: Path) -> Path:
 
 def _find_class_root(root: Path, marker: str, fallback: bool = True) -> Path | None:
     """Directory whose sub-directories are the classes (one named ``marker``, else any if ``fallback``)."""
-    for p in sorted(root.rglob(marker)) if marker else []:
+    for p in sorted(p for p in _walk(root) if p.name == marker) if marker else []:
         if p.is_dir() and any(c.is_dir() for c in p.iterdir()):
             return p
     if not fallback and marker:
@@ -697,10 +731,16 @@ def _load_image(path: Path, S: int) -> tuple[np.ndarray, tuple[int, int]]:
     return np.ascontiguousarray(arr.transpose(2, 0, 1)), hw
 
 
+def _decode_image(path: str, S: int) -> tuple[np.ndarray, dict]:
+    """One image for :func:`geofm.data.parallel_shards.decode_shards` (runs in a worker process)."""
+    tile, (h, w) = _load_image(Path(path), S)
+    return tile, {"height": int(h), "width": int(w)}
+
+
 def _extract_archives(b: _Builder, ds_cfg, raw_dir: Path) -> list[tuple[str, Path]]:
-    """Extract the archives under ``raw_dir`` (zip, rar) into the scratch dir: ``(archive name, folder)`` each,
-    or ``[("", raw_dir)]`` when there is none."""
-    archives = sorted(p for p in raw_dir.rglob("*") if p.is_file() and p.suffix.lower() in (".zip", ".rar"))
+    """Extract the archives under ``raw_dir`` (zip, rar; directory links followed) into the scratch dir:
+    ``(archive name, folder)`` each, or ``[("", raw_dir)]`` when there is none."""
+    archives = sorted(p for p in _walk(raw_dir) if p.is_file() and p.suffix.lower() in (".zip", ".rar"))
     roots = []
     for i, z in enumerate(archives):
         dest = b.tmp / f"_extract{i}"
@@ -747,15 +787,27 @@ def _tile_image_folders(b: _Builder, fmt, ds_cfg, raw_dir: Path, parent_raw_dir,
                         "; ".join(r["reason"] for r in b.rejected))
     b.classes = classes
     cidx = {c: i for i, c in enumerate(classes)}
-    for cname, f, src in items:
-        try:
-            tile, (h, w) = _load_image(f, S)
-        except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt files
-            b.reject(src, f"cannot decode image {src}: {type(e).__name__}: {e}")
-            continue
-        b.add(tile, {"tile_id": Path(src).stem, "source": src, "row_off": 0, "col_off": 0, "height": h,
-                     "width": w, "crs": None, "geometry": None, "label": cidx[cname], "label_name": cname,
-                     "split": "train"})
+    # decoded in parallel processes (`workers`, default: every CPU this job may use), shard by shard, and
+    # resumed per shard after an interrupted run (geofm.data.parallel_shards)
+    from functools import partial
+
+    from .parallel_shards import decode_shards, default_workers, shard_size
+
+    per_shard = shard_size(3, S, b.shard_max_mb)
+    groups = decode_shards([str(f) for _, f, _ in items], partial(_decode_image, S=S), per_shard, b.work_dir,
+                           int(ds_cfg.get("workers") or default_workers()),
+                           {"format": fmt, "tile_size": S, "sources": [src for _, _, src in items]})
+    for k, (npy, metas) in enumerate(groups):
+        rows = []
+        for (cname, _, src), meta in zip(items[k * per_shard:(k + 1) * per_shard], metas):
+            if not meta["ok"]:
+                b.reject(src, f"cannot decode image {src}: {meta['reason']}")
+                continue
+            rows.append({"tile_id": Path(src).stem, "source": src, "row_off": 0, "col_off": 0,
+                         "height": meta["height"], "width": meta["width"], "crs": None, "geometry": None,
+                         "label": cidx[cname], "label_name": cname, "split": "train"})
+        if rows:
+            b.add_shard(npy, rows)
     if not b.rows:
         raise DataError("every image was rejected: " + "; ".join(f"{r['file']}: {r['reason']}"
                                                                 for r in b.rejected[:20]))

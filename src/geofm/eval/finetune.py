@@ -55,6 +55,7 @@ class FinetuneConfig:
     head_norm: str = "layernorm"  # layernorm | batchnorm
     strategy: str = "FULL_SHARD"  # used when world size > 1
     precision: str = "fp32"  # fp32 | bf16 (FSDP2 mixed precision when sharded, autocast otherwise)
+    activation_checkpointing: int = 0  # checkpoint every n-th encoder block (0 = off): large models
     seed: int = 0
 
 
@@ -167,7 +168,7 @@ def finetune(encoder: nn.Module, images_uint8: torch.Tensor, labels, n_classes: 
     """Fine-tune ``encoder`` (modified: it becomes part of the returned model) with a new head on the
     uint8 ``images`` / int ``labels``; returns ``(model in eval mode, per-epoch log)``. ``model(x)`` gives
     logits of normalised float images; under >1 rank it is an FSDP2 module (a collective)."""
-    from geofm.distributed.parallelize import parallelize, parse_strategy
+    from geofm.distributed.parallelize import apply_activation_checkpointing, parallelize, parse_strategy
 
     device = torch.device(device)
     rank, world = _world()
@@ -189,10 +190,13 @@ def finetune(encoder: nn.Module, images_uint8: torch.Tensor, labels, n_classes: 
     depth = len(encoder.blocks)
 
     torch.manual_seed(cfg.seed + rank)  # drop path / mixup draws: per rank
-    model = Classifier(with_drop_path(encoder, cfg.drop_path), n_classes, cfg.pool, cfg.head_norm).to(device)
+    model = Classifier(with_drop_path(encoder, cfg.drop_path), n_classes, cfg.pool, cfg.head_norm)
+    apply_activation_checkpointing(model, int(cfg.activation_checkpointing))
     sharded = world > 1
-    if sharded:
+    if sharded:  # from the CPU: fully_shard moves one block at a time to the device, then shards it
         parallelize(model, parse_strategy(cfg.strategy), world, device, cfg.precision)
+    else:
+        model = model.to(device)
     autocast = cfg.precision == "bf16" and not sharded
     groups = param_groups_lrd(model, cfg.weight_decay, cfg.layer_decay, depth)
     opt = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups], lr=peak,

@@ -181,7 +181,7 @@ def _classifier_scores(protocol: str, ev: dict, tr_f, tr_y, te_f, n_classes: int
 
 
 def _augmented_features(encoder, images, mean, std, image_size: int, chunk: int, device, pool: str, scale,
-                        seed: int):
+                        seed: int, precision: str = "fp32"):
     """``features_of(idx, epoch, batch)`` for MAE's linear probe: each call draws a new random-resized crop
     (bicubic, ``scale``) + flip of the images ``idx`` (:func:`geofm.data.augment.train_batch`, the training view
     of the one preprocessing path) and runs the frozen encoder on them in chunks of ``chunk`` images, so a probe
@@ -201,7 +201,9 @@ def _augmented_features(encoder, images, mean, std, image_size: int, chunk: int,
         try:
             for i in range(0, len(idx), chunk):
                 x = train_batch(images[idx[i:i + chunk]], image_size, mean, std, gen, scale)
-                out.append(forward(x.to(device)).float().cpu())
+                x = x.to(device)
+                with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    out.append(forward(x).float().cpu())
         finally:
             encoder.train(was)
         return torch.cat(out)
@@ -227,6 +229,7 @@ def finetune_config(ev: dict, seed: int):
         crop_pct=float(ev.get("crop_pct", d.crop_pct)),
         pool=str(ev.get("pool", d.pool)), head_norm=str(ev.get("finetune_head_norm", d.head_norm)),
         strategy=str(ev.get("finetune_strategy", d.strategy)), precision=str(ev.get("finetune_precision", d.precision)),
+        activation_checkpointing=int(ev.get("finetune_activation_checkpointing", d.activation_checkpointing)),
         seed=seed)
 
 
@@ -310,8 +313,9 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
     cache_dir = results / "eval" / "features"
     st = encoder_path.stat()
     stats_file = tiles_dir / "stats.json"
+    fprec = str(ev.get("feature_precision", "fp32"))
     tiles_id = {"image_size": image_size, "pool": pool, "crop_pct": crop_pct, "norm": [mean, std],
-                "train_ratio": train_ratio,
+                "train_ratio": train_ratio, "precision": fprec,
                 "tiles_mtime_ns": stats_file.stat().st_mtime_ns if stats_file.exists() else None}
     fingerprints = {  # cached features are reused only for the same encoder file and the same tiles
         "pretrained": (step, {**tiles_id, "encoder_bytes": st.st_size, "encoder_mtime_ns": st.st_mtime_ns}),
@@ -336,15 +340,16 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
                                     fcfg, device=device)
             # logits of the test split, through the same (rank-split) path as the features
             scores = extract_features(clf, test.images, mean, std, image_size, bs, device=device,
-                                      crop_pct=crop_pct).numpy()
+                                      crop_pct=crop_pct, precision=fcfg.precision).numpy()
             used = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(fcfg).items()}
             extra_rec = {"train_history": history[-1:] if history else [],
                          "feature_dim": int(getattr(enc, "width", 0))}
             del clf
         else:
             fstep, extra = fingerprints[which]
-            runner = shard_encoder(enc, device, pool) if shard else enc
+            runner = shard_encoder(enc, device, pool, precision=fprec) if shard else enc
             run_pool = "mean" if shard else pool
+            run_prec = "fp32" if shard else fprec
             augmented = (protocol == "linprobe" and bool(ev["linprobe_augment"])
                          and str(ev["linprobe_solver"]).lower() != "logreg")
             feats = {}
@@ -353,9 +358,9 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
                 feats[name] = extract_features(
                     runner, sp.images, mean, std, image_size, bs, device=device,
                     cache_path=cache_file(cache_dir, key) if use_cache else None, cache_key=key,
-                    pool=run_pool, crop_pct=crop_pct)
+                    pool=run_pool, crop_pct=crop_pct, precision=run_prec)
             features_of = _augmented_features(runner, train.images, mean, std, image_size, bs, device, run_pool,
-                                              ev["linprobe_crop_scale"], seed) if augmented else None
+                                              ev["linprobe_crop_scale"], seed, precision=run_prec) if augmented else None
             scores, used = _classifier_scores(protocol, ev, feats.get("train"), torch.as_tensor(train.labels),
                                               feats["test"], n_classes, seed, features_of)
             del runner, features_of
@@ -374,7 +379,8 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
     record["provenance"] = provenance(digest(rule_params(cfg, "evaluate", protocol=protocol, model=model,
                                                          dataset=dataset, train_ratio=train_ratio)))
     record["settings"] = {"image_size": image_size, "in_chans": in_chans, "seed": seed, "device": str(device),
-                          "pool": pool, "world_size": world, "classes": classes, "crop_pct": crop_pct,
+                          "pool": pool, "world_size": world, "feature_precision": fprec, "classes": classes,
+                          "crop_pct": crop_pct,
                           "normalisation": {"mean": mean, "std": std, "from": norm_src},
                           "split": ("the tiles' own split" if train_ratio is None else
                                     f"stratified, seeded: {train_ratio:.0%} of each class trains, the rest tests"),

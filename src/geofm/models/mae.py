@@ -251,7 +251,8 @@ def load_encoder(path, device="cpu") -> tuple[ViTEncoder, dict]:
     if not path.exists():
         raise FileNotFoundError(f"encoder checkpoint {path} does not exist (has pretraining run?)")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: the ranks of a node share the file's pages instead of each reading its own copy
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         meta, state = blob["meta"], blob["state_dict"]
     except Exception as exc:  # noqa: BLE001 - name the file whatever went wrong
         raise ValueError(f"cannot read encoder checkpoint {path}: {exc}") from exc

@@ -121,21 +121,25 @@ def plan_rows(cfg: dict, cluster: Cluster | None = None, cal: Calibration | None
 
 
 def pretrain_node_hours(cfg: dict, cluster: Cluster, cal: Calibration) -> dict:
-    """Node-hours of pretraining each config model at the pretrain section's strategy, nodes, steps."""
-    pt = cfg["pretrain"]
-    nodes = pt.get("nodes", 1)
+    """Node-hours of pretraining each config model at its own strategy, nodes and steps (the pretrain section
+    under ``pretrain.per_model.<model>``: the geometry the pretrain rule asks for and ``geofm schedule`` counts)."""
+    from ..config import pretrain_settings
+
     out = {}
     for model in cfg["models"]:
+        pt = pretrain_settings(cfg, model)
+        nodes = pt.get("nodes", 1)
         w = Workload.from_config(cfg, model, "pretrain",
                                  activation_checkpointing=pt.get("activation_checkpointing", 0),
                                  precision=pt.get("precision", "bf16"),
-                                 backward_prefetch=pt.get("backward_prefetch", 1))
+                                 backward_prefetch=pt.get("backward_prefetch", 1),
+                                 batch_per_gpu=max(1, pt.get("batch_size", 32) // (nodes * pt.get("procs_per_node", 1))))
         r = cell(w, pt["strategy"], nodes, cluster, cal)
         if not r.get("step_s"):
-            out[model] = {"status": r["status"], "node_hours": None}
+            out[model] = {"status": r["status"], "nodes": nodes, "node_hours": None}
             continue
         out[model] = {"status": r["status"], "step_s": r["step_s"], "images_per_s": r["images_per_s"],
-                      "node_hours": pt.get("steps", 0) * r["step_s"] * nodes / 3600}
+                      "nodes": nodes, "node_hours": pt.get("steps", 0) * r["step_s"] * nodes / 3600}
     return out
 
 

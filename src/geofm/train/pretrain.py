@@ -21,6 +21,7 @@ import torch
 
 from ..distributed import checkpoint as ckpt
 from ..distributed import launch
+from ..distributed.walltime import StopRequest, WalltimeStop, ignore_in_worker
 from ..distributed.parallelize import (apply_activation_checkpointing, apply_compile, parallelize,
                                        parse_strategy, wrap_ddp)
 from ..models.mae import build_mae, materialize
@@ -190,7 +191,9 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         raise ValueError(f"{cfg.data}: tiles have {data.in_chans} bands but the model was built for {cfg.in_chans}")
     loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=cfg.num_workers,
                                          pin_memory=device.type == "cuda",
-                                         persistent_workers=False)
+                                         persistent_workers=False,
+                                         worker_init_fn=ignore_in_worker if cfg.num_workers else None)
+    stop = StopRequest()  # SIGUSR1 (sbatch --signal=USR1@s) / SIGTERM: checkpoint at this step, then exit
     n_patch = num_patches(cfg.model, cfg.image_size)
     fl_img = flops.mae_train_flops_per_image(cfg.model, cfg.image_size, cfg.in_chans, cfg.mask_ratio,
                                              cfg.decoder_dim, cfg.decoder_depth)
@@ -229,9 +232,20 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
                    "step_time_s": dt, **metrics.peak_memory_gb(device)}
             writer.write(rec)
             metrics.log(metrics.progress_line(done, cfg.steps, loss_val, ips, rec["mfu"], now - t0))
-        if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps:
+        saved = (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps
+        if saved:
             ckpt.save(ckpt_dir, done, model, opt, {"step": done, "world_size": world, "strategy": cfg.strategy,
                                                    "model": cfg.model, "fingerprint": fp}, cfg.keep_last)
+        if done < cfg.steps and stop.agreed(device):
+            if not saved:  # the same fingerprint, so the resubmitted chunk resumes it (train.fingerprint)
+                ckpt.save(ckpt_dir, done, model, opt, {"step": done, "world_size": world, "strategy": cfg.strategy,
+                                                       "model": cfg.model, "fingerprint": fp}, cfg.keep_last)
+            writer.close()
+            stop.restore()
+            launch.shutdown()
+            raise WalltimeStop(f"{stop.name()} at step {done} of {cfg.steps}: checkpoint "
+                               f"{ckpt.step_dir(ckpt_dir, done)} written; run again to resume from it")
+    stop.restore()
     writer.close()
     summary = {"model": cfg.model, "params": count_params(cfg.model, cfg.image_size, cfg.in_chans),
                "steps": cfg.steps, "final_loss": loss_val, "world_size": world, "strategy": cfg.strategy,
