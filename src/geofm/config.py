@@ -120,10 +120,8 @@ def validate(cfg: dict, source: str = "config") -> dict:
                                   f"got {bad or parts!r}")
         if d["source"] == "local" and not d.get("path"):
             raise ConfigError(f"{source}: datasets.{name}.path is required when source is 'local'")
-    for sec in ("pretrain", "evaluate"):
-        extra = [m for m in (cfg[sec].get("per_model") or {}) if m not in cfg["models"]]
-        if extra:
-            raise ConfigError(f"{source}: {sec}.per_model names {extra}, which are not in models")
+    # per_model entries of models outside `models` are ignored (a run of a subset keeps the study's geometry);
+    # the schema checks that each names a registry model
     for m in cfg["models"]:
         p = pretrain_settings(cfg, m)
         world = p.get("nodes", 1) * p.get("procs_per_node", 1)
@@ -379,6 +377,9 @@ def rule_params(cfg: dict, rule: str, dataset: str | None = None, model: str | N
         names = sorted(set(cfg["profile"]["models"]) | set(cfg["models"]))
         out = {"plan": section_keys(cfg, "plan"), "profile": section_keys(cfg, "profile"),
                "pretrain": section_keys(cfg, "pretrain"), "specs": {m: _spec(m) for m in names},
+               # each model's pretraining geometry (pretrain.per_model is execution-only, but the plan prices it)
+               "pretrain_geometry": {m: [pretrain_settings(cfg, m).get(k, 1) for k in ("nodes", "procs_per_node")]
+                                     for m in cfg["models"]},
                "image_size": cfg.get("image_size"), "paper_reference": _reference_tables()}
     elif rule == "figures":
         out = {"paper_reference": _reference_tables()}

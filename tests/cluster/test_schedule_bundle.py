@@ -81,9 +81,12 @@ def test_bundles_pack_cells_into_the_walltime_and_take_any_list(paper):
 
 def test_config_per_model_and_orion_variable(paper, monkeypatch):
     cfg = json.loads(json.dumps(paper))
-    cfg["pretrain"]["per_model"]["demo_tiny"] = {"nodes": 2}
-    with pytest.raises(ConfigError, match="pretrain.per_model names"):
+    cfg["pretrain"]["per_model"]["vit_hug"] = {"nodes": 2}  # a misspelt model
+    with pytest.raises(ConfigError, match="pretrain.per_model: 'vit_hug' is not allowed"):
         validate(cfg)
+    # a model outside `models` keeps its entry, unused: a run of a subset needs no edit of per_model
+    cfg = {**json.loads(json.dumps(paper)), "models": ["vit_base", "vit_huge"]}
+    assert validate(cfg)["pretrain"]["per_model"]["vit_15b"]["nodes"] == 256
     cfg = json.loads(json.dumps(paper))
     cfg["pretrain"]["per_model"]["vit_base"] = {"nodes": 3}
     with pytest.raises(ConfigError, match="not divisible by vit_base's 3 nodes"):

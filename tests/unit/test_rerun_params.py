@@ -67,6 +67,18 @@ def touched(before, after) -> set:
     ("pretrain.grad_clip", 1.0, {"pretrain", "profile", "profile_ac"}),
     # read by the evaluations at a ratio only (test below); the tiles' own split keeps its params
     ("datasets.demo_landcover.train_ratios", [0.5, 0.8], set()),
+    # issue 12's execution-only keys: geometry, walltime, retries, scheduler limits, decoding workers
+    ("pretrain.retries", 3, set()),
+    ("pretrain.expected_mfu", 0.5, set()),
+    ("pretrain.per_model", {"demo_tiny": {"nodes": 2, "runtime_min": 5, "retries": 2}}, set()),
+    ("evaluate.per_model", {"demo_tiny": {"nodes": 2, "runtime_min": 9, "shard_encoder": True}}, set()),
+    ("scheduler.max_submissions", 10, set()),
+    ("datasets.demo_scenes.workers", 3, set()),
+    # per-model settings that change results rerun that model's jobs only
+    ("evaluate.feature_precision", "bf16", {"knn", "linprobe"}),
+    ("evaluate.per_model", {"demo_tiny": {"feature_precision": "bf16"}}, {"knn", "linprobe"}),
+    ("evaluate.per_model", {"demo_small": {"feature_precision": "bf16"}}, set()),
+    ("evaluate.finetune_activation_checkpointing", 1, set()),  # fine-tuning only (no finetune job here)
 ])
 def test_a_key_is_in_the_params_of_exactly_the_jobs_it_determines(demo, path, value, jobs):
     assert touched(demo, changed(demo, path, value)) == jobs

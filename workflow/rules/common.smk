@@ -165,8 +165,9 @@ def profile_setting_of(variant, key, default=None):
 
 def feasible_cells(models, strategies, nodes, settings=None):
     """The (model, strategy, nodes) cells of a grid that can run: the memory model (geofm.perf.memory, the one
-    `geofm plan`, `geofm schedule` and the profiler use) decides before any allocation; a cell that cannot fit, or whose shard
-    group does not divide the job, is not a job (the figures' tables list it as impossible)."""
+    `geofm plan`, `geofm schedule` and the profiler use) decides before any allocation; a cell that cannot
+    fit, or whose shard group does not divide the job, is not a job and in no bundle (the figures' tables
+    list it as impossible)."""
     from geofm.perf.plan import cell_feasibility
 
     return [(m, s, n) for m in models for s in strategies for n in nodes
