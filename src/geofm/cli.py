@@ -23,9 +23,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import ConfigError, digest, load_config, rule_params
 from .provenance import provenance
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .train.pretrain import TrainConfig
 
 
 def _in_distributed_env() -> bool:
