@@ -297,7 +297,7 @@ pretrain: {steps: 5, batch_size: 8, lr: 1.0e-3, warmup_steps: 1, weight_decay: 0
            norm_pix_loss: false, decoder_dim: 16, decoder_depth: 1, decoder_heads: 2, strategy: NO_SHARD,
            nodes: 2, procs_per_node: 1, precision: fp32, checkpoint_every: 2, log_every: 1, runtime_min: 10,
            retries: 1, per_model: {demo_tiny: {nodes: 1, procs_per_node: 2, runtime_min: 8}}}
-evaluate: {protocols: [knn, linprobe], batch_size: 64, linprobe_epochs: 2, knn_k: 5, knn_temperature: 0.07,
+evaluate: {protocols: [knn, linprobe], bundle: true, batch_size: 64, linprobe_epochs: 2, knn_k: 5, knn_temperature: 0.07,
            runtime_min: 10, nodes: 1, procs_per_node: 2, per_model: {demo_tiny: {shard_encoder: true}}}
 profile: {models: [test_micro], strategies: [NO_SHARD, FULL_SHARD], nodes: [1, 2], procs_per_node: 2,
           batch_size: 4, steps: 2, warmup_steps: 1, precision: fp32, data: synthetic, runtime_min: 5,

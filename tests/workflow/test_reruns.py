@@ -66,8 +66,8 @@ def test_pretrain_steps_reruns_pretraining_and_what_depends_on_it(study):
         jobs = planned(snakemake(study, *args, "-n"))
         rules = sorted(r for r, _ in jobs)
         # geofm plan prices the pretraining (its node-hours), so it reruns too
-        # (evaluate: one bundle job per model, every protocol x dataset)
-        assert rules == ["all", "evaluate", "evaluate", "figures", "plan", "pretrain", "pretrain"], args
+        assert rules == ["all", "evaluate", "evaluate", "evaluate", "evaluate", "figures", "plan", "pretrain",
+                         "pretrain"], args
     res = snakemake(study, "--configfile", name, "-n", "--list-changes", "params")
     assert {"results/pretrain/test_micro/encoder.pt", "results/pretrain/demo_tiny/encoder.pt"} <= set(res.stdout.split())
     # evaluation reruns as a consequence (its input changes), not for its params. (Not read from
@@ -75,20 +75,21 @@ def test_pretrain_steps_reruns_pretraining_and_what_depends_on_it(study):
     # persistence.ParamsChange.__or__ keeping an empty change's files.)
     blocks = re.split(r"\n(?=(?:local)?rule \w+:)", snakemake(study, "--configfile", name, "-n").stdout)
     evals = [b for b in blocks if b.startswith("rule evaluate:")]
-    assert len(evals) == 2 and all("reason:" in b and "Params have changed" not in b for b in evals), evals
+    assert len(evals) == 4 and all("reason:" in b and "Params have changed" not in b for b in evals), evals
 
 
-def test_knn_k_reruns_the_evaluation_bundles_and_the_figures_only(study):
-    # the bundle of a model's evaluations carries the params of each of its protocol x dataset jobs
+def test_knn_k_reruns_the_knn_jobs_and_the_figures_only(study):
+    # one job per evaluation (evaluate.bundle: false, the default): its params are that evaluation's settings
     name = write_config(study, "knn.yaml", **{"evaluate.knn_k": 3})
     res = snakemake(study, "--configfile", name, "-n")
     assert sorted(planned(res)) == sorted([("all", ""), ("figures", "results/figures/accuracy_vs_size.png"),
-                                           ("evaluate", "results/eval/linprobe/test_micro/demo_landcover.json"),
-                                           ("evaluate", "results/eval/linprobe/demo_tiny/demo_landcover.json")])
-    # a per-model setting that changes results reruns that model's bundle only
+                                           ("evaluate", "results/eval/knn/test_micro/demo_landcover.json"),
+                                           ("evaluate", "results/eval/knn/demo_tiny/demo_landcover.json")])
+    # a per-model setting that changes results reruns that model's evaluations only
     name = write_config(study, "ft.yaml", **{"evaluate.per_model": {"demo_tiny": {"feature_precision": "bf16"}}})
     jobs = planned(snakemake(study, "--configfile", name, "-n"))
     assert sorted(jobs) == sorted([("all", ""), ("figures", "results/figures/accuracy_vs_size.png"),
+                                   ("evaluate", "results/eval/knn/demo_tiny/demo_landcover.json"),
                                    ("evaluate", "results/eval/linprobe/demo_tiny/demo_landcover.json")])
 
 

@@ -27,6 +27,8 @@ wildcard_constraints:
     nodes="[0-9]+",
     # a profile variant as its file-name suffix: "" (the base variant) or ".<name>"
     variant=r"(\.[a-z][a-z0-9_]*)?",
+    # an evaluation at a train ratio as its file-name suffix: "" (the tiles' split) or ".tr<percent>"
+    ratio=r"(\.tr[0-9p]+)?",
 
 
 def effective_config() -> str:
@@ -138,6 +140,11 @@ def eval_stems(name):
     """`{dataset}` (the tiles' own split) or, with `train_ratios`, `{dataset}.tr<percent>` per ratio."""
     ratios = config["datasets"][name].get("train_ratios")
     return [f"{name}.{ratio_tag(r)}" for r in ratios] if ratios else [name]
+
+
+def eval_ratio(wc):
+    """The train ratio named by an evaluation's `{ratio}` tag (one of datasets.<D>.train_ratios), None when none."""
+    return stem_ratio(wc.dataset, f"{wc.dataset}{wc.ratio}")
 
 
 def stem_ratio(dataset, stem):
