@@ -142,3 +142,17 @@ def test_image_folder_directory(shared_file, tmp_path):
     assert stats["splits"] == {"train": 9, "val": 0, "test": 6}
     gdf = gpd.read_parquet(tmp_path / "t" / "manifest.parquet")
     assert gdf["source"].iloc[0] == "tree/Highway/Highway_1.jpg"
+
+
+def test_band_stack_linked_by_hand(shared_file, tmp_path):
+    """A by-hand band-stack folder is linked into raw_dir (not copied); band_files still finds its bands."""
+    from geofm.data.download import fetch_dataset
+
+    d = shared_file("geotiff/landsat8_LC80200392015216LGN00_crop")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    fetch_dataset("l8", {"source": "local", "path": str(d)}, raw)
+    assert (raw / d.name).is_symlink()
+    stats = tile_dataset("l8", {"format": "geotiff_scenes", "tile_size": 64, "band_files": ["l8_B*.tif"],
+                                "band_select": [4, 3, 2]}, raw, tmp_path / "t")
+    assert stats["bands"] == 3 and stats["n_tiles"] == (603 // 64) * (627 // 64)

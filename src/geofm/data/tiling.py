@@ -273,8 +273,11 @@ def _find_scene_files(raw_dir: Path, ds_cfg: dict) -> list[list[Path]]:
         files: list[Path] = []
         for pat in band_files:
             pat_path = Path(pat)
-            matches = sorted(Path(pat_path.anchor).glob(str(pat_path.relative_to(pat_path.anchor)))) \
-                if pat_path.is_absolute() else sorted(raw_dir.glob(pat))
+            if pat_path.is_absolute():
+                matches = sorted(Path(pat_path.anchor).glob(str(pat_path.relative_to(pat_path.anchor))))
+            else:  # relative to raw_dir, or to a by-hand directory linked into it (geofm.data.download)
+                roots = [raw_dir, *sorted(d for d in raw_dir.iterdir() if d.is_symlink() and d.is_dir())]
+                matches = next((m for m in (sorted(r.glob(pat)) for r in roots) if m), [])
             if not matches:
                 raise DataError(f"band_files pattern {pat!r} matches no file under {raw_dir}")
             files += [m for m in matches if m not in files]
