@@ -345,18 +345,21 @@ def test_figures_draw_the_plan_and_list_impossible_cells(cfg, tmp_path):
 
     from geofm.perf.plan import plan_rows, write_plan
     from geofm.plots import figures as F
+    from geofm.plots import readers as R
+    from geofm.plots.names import PLAN
+    from geofm.plots.tables import best_strategy
 
     write_plan(plan_rows(cfg), tmp_path / "plan" / "plan.csv")
-    plan = F.load_plan(tmp_path)
-    paper = F.load_reference("weak_scaling")
+    plan = R.load_plan(tmp_path)
+    paper = R.load_reference("weak_scaling")
     res = F.plot_paper_weak_scaling(paper, pd.DataFrame(), tmp_path / "fig.png", plan)
-    drawn = res.data[res.data["source"] == F.PLAN]
+    drawn = res.data[res.data["source"] == PLAN]
     paper_keys = set(zip(paper["model"], paper["strategy"], paper["nodes"]))
     assert set(zip(drawn["model"], drawn["strategy"], drawn["nodes"])) == paper_keys  # every paper cell predicted
     assert "plan: FULL_SHARD" in res.labels and "paper: FULL_SHARD" in res.labels
-    listed = F.with_impossible_cells(F.load_profile(tmp_path), cfg)
+    listed = R.with_impossible_cells(R.load_profile(tmp_path), cfg)
     assert len(listed) == 62 and not listed["ok"].any()
     assert (listed["status"].str.startswith("impossible: needs ~")).sum() == 56
-    best = F.best_strategy(listed)
+    best = best_strategy(listed)
     row = best[(best["model"] == "vit_15b") & (best["nodes"] == 1)].iloc[0]
     assert row["strategies_impossible"] == "DDP;NO_SHARD;HYBRID_1GPU;HYBRID_2GPUs;HYBRID_16GPUs"

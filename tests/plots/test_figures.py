@@ -5,8 +5,17 @@ import pandas as pd
 import pytest
 
 from geofm.plots import figures as F
+from geofm.plots import readers as R
+from geofm.plots.names import canonical_strategy
+from geofm.plots.registry import FIGURES, TABLES
 
-REF = F.REFERENCE_DIR
+REF = R.REFERENCE_DIR
+
+
+def study(root: Path) -> dict:
+    """The keys of a validated config the figures stage reads: the results folder and the profile grid
+    (none here: no cell is added as impossible)."""
+    return {"results": str(root), "profile": {}}
 
 
 def write_results(root: Path):
@@ -65,9 +74,9 @@ def write_variants(root: Path):
 
 def test_run_figures_all_outputs(tmp_path):
     write_results(tmp_path)
-    out = F.run_figures({"results": str(tmp_path)}, tmp_path / "figures", tmp_path / "tables")
+    out = F.run_figures(study(tmp_path), tmp_path / "figures", tmp_path / "tables")
     names = sorted(p.name for p in out)
-    assert names == sorted(list(F.FIGURE_FILES.values()) + list(F.TABLE_FILES.values()))
+    assert names == sorted([f.file for f in FIGURES.values()] + [t.file for t in TABLES.values()])
     assert all(p.exists() and p.stat().st_size > 0 for p in out)
 
     acc = pd.read_csv(tmp_path / "tables" / "accuracy.csv")
@@ -96,8 +105,8 @@ def test_run_figures_all_outputs(tmp_path):
 
 def test_weak_scaling_overlay_has_both_sources(tmp_path):
     write_results(tmp_path)
-    prof = F.load_profile(tmp_path)
-    paper = F.load_reference("weak_scaling")
+    prof = R.load_profile(tmp_path)
+    paper = R.load_reference("weak_scaling")
     res = F.plot_paper_weak_scaling(paper, prof, tmp_path / "ws.png")
     assert res.path.exists()
     assert set(res.data["source"]) == {"paper", "this project"}
@@ -111,12 +120,12 @@ def test_weak_scaling_overlay_has_both_sources(tmp_path):
 
 def test_memory_and_prefetch_overlays(tmp_path):
     write_results(tmp_path)
-    prof = F.load_profile(tmp_path)
-    mem = F.plot_paper_peak_memory(F.load_reference("peak_memory"), prof, tmp_path / "mem.png")
+    prof = R.load_profile(tmp_path)
+    mem = F.plot_paper_peak_memory(R.load_reference("peak_memory"), prof, tmp_path / "mem.png")
     assert {"paper", "this project"} == set(mem.data["source"])
     assert "this project" in mem.labels and "paper: DDP" in mem.labels
-    pf = F.plot_paper_prefetch(F.load_reference("prefetch"), prof, tmp_path / "pf.png")
-    assert F.prefetch_setting() == ("ViT-5B", 8)
+    pf = F.plot_paper_prefetch(R.load_reference("prefetch"), prof, tmp_path / "pf.png")
+    assert R.prefetch_setting() == ("ViT-5B", 8)
     mine = pf.data[pf.data["source"] == "this project"]
     assert mine["images_per_s"].tolist() == [123.0]
     assert "this project" in pf.labels
@@ -125,7 +134,7 @@ def test_memory_and_prefetch_overlays(tmp_path):
 def test_profile_variants_in_tables(tmp_path):
     write_results(tmp_path)
     write_variants(tmp_path)
-    F.run_figures({"results": str(tmp_path)}, tmp_path / "figures", tmp_path / "tables")
+    F.run_figures(study(tmp_path), tmp_path / "figures", tmp_path / "tables")
     prof = pd.read_csv(tmp_path / "tables" / "profile.csv")
     for col in ("variant", "backward_prefetch", "forward_prefetch", "compile", "activation_checkpointing", "data",
                 "precision", "comm_share"):
@@ -141,15 +150,15 @@ def test_profile_variants_in_tables(tmp_path):
     eff = pd.read_csv(tmp_path / "tables" / "weak_scaling_efficiency.csv")
     mine = eff[(eff["source"] == "this project") & (eff["model"] == "ViT-Base")]
     assert 9999.0 not in set(mine["images_per_s"])
-    thr = F.plot_throughput_per_strategy(F.base_variant(F.load_profile(tmp_path)), tmp_path / "t.png")
+    thr = F.plot_throughput_per_strategy(R.base_variant(R.load_profile(tmp_path)), tmp_path / "t.png")
     assert set(thr.data["variant"]) == {"base"}
 
 
 def test_prefetch_comparison_is_relative_per_source(tmp_path):
     write_results(tmp_path)
     write_variants(tmp_path)
-    paper_pf = F.load_reference("prefetch")
-    res = F.plot_prefetch_comparison(paper_pf, F.load_profile(tmp_path), tmp_path / "pf.png")
+    paper_pf = R.load_reference("prefetch")
+    res = F.plot_prefetch_comparison(paper_pf, R.load_profile(tmp_path), tmp_path / "pf.png")
     assert res.path.exists() and res.path.stat().st_size > 10_000
     assert set(res.data["source"]) == {"paper", "this project"}
     assert any(lab.startswith("paper: BACKWARD_PRE") for lab in res.labels)
@@ -172,7 +181,7 @@ def test_prefetch_comparison_is_relative_per_source(tmp_path):
 def test_compile_ac_comparison(tmp_path):
     write_results(tmp_path)
     write_variants(tmp_path)
-    res = F.plot_compile_ac_comparison(F.load_profile(tmp_path), tmp_path / "cac.png")
+    res = F.plot_compile_ac_comparison(R.load_profile(tmp_path), tmp_path / "cac.png")
     assert res.path.exists() and res.path.stat().st_size > 10_000
     cells = set(res.data["cell"])
     assert cells == {"ViT-Base FULL_SHARD 1n", "ViT-5B FULL_SHARD 8n"}  # only cells with more than one variant
@@ -180,24 +189,24 @@ def test_compile_ac_comparison(tmp_path):
     assert vb.loc["compile", "images_per_s"] == 9999.0 and vb.loc["compile", "variant_label"] == "compile (compile=True)"
     assert not vb.loc["ac", "ok"]
     assert "impossible (see profile.csv)" in res.labels and "base" in res.labels
-    empty = F.plot_compile_ac_comparison(F.load_profile(tmp_path / "none"), tmp_path / "e.png")
+    empty = F.plot_compile_ac_comparison(R.load_profile(tmp_path / "none"), tmp_path / "e.png")
     assert empty.data.empty and empty.path.exists()
 
 
 def test_figures_without_any_inputs(tmp_path):
     empty_ref = tmp_path / "noref"
     empty_ref.mkdir()
-    out = F.run_figures({"results": str(tmp_path / "nothing")}, tmp_path / "f", tmp_path / "t",
+    out = F.run_figures(study(tmp_path / "nothing"), tmp_path / "f", tmp_path / "t",
                         reference_dir=empty_ref)
-    assert len(out) == len(F.FIGURE_FILES) + len(F.TABLE_FILES)
+    assert len(out) == len(FIGURES) + len(TABLES)
     assert all(p.exists() and p.stat().st_size > 0 for p in out)
     assert pd.read_csv(tmp_path / "t" / "accuracy.csv").empty
 
 
 def test_canonical_strategy():
-    assert F.canonical_strategy("HYBRID_1GPUs") == "HYBRID_1GPU"
-    assert F.canonical_strategy("hybrid_2gpu") == "HYBRID_2GPUs"
-    assert F.canonical_strategy("full_shard") == "FULL_SHARD"
+    assert canonical_strategy("HYBRID_1GPUs") == "HYBRID_1GPU"
+    assert canonical_strategy("hybrid_2gpu") == "HYBRID_2GPUs"
+    assert canonical_strategy("full_shard") == "FULL_SHARD"
 
 
 def test_reference_copy_matches_shared():
@@ -211,7 +220,7 @@ def test_reference_copy_matches_shared():
 
 def test_every_figure_has_a_caption():
     report = Path(__file__).resolve().parents[2] / "workflow" / "report"
-    for fig in F.FIGURE_FILES.values():
-        cap = report / (Path(fig).stem + ".rst")
+    for name in FIGURES:
+        cap = report / f"{name}.rst"
         assert cap.is_file(), f"missing caption {cap}"
         assert cap.read_text().strip()

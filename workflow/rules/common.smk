@@ -9,6 +9,8 @@ from pathlib import Path
 import yaml
 
 from geofm.config import evaluate_settings, pretrain_settings, rule_params
+from geofm.plots.registry import figure_paths, table_paths
+from geofm.plots.registry import rule_inputs as figure_rule_inputs
 from geofm.schedule import TILE_RETRIES, profile_bundles
 
 RES = config["results"]
@@ -200,9 +202,9 @@ PROFILE_OUT = profile_outputs()
 PROFILE_BUNDLES = profile_bundles(config, PROFILE_OUT)
 METRICS_OUT = expand(f"{RES}/pretrain/{{model}}/metrics.jsonl", model=MODELS)
 
-FIGURE_NAMES = ["accuracy_vs_size", "loss_curves", "throughput_per_strategy", "peak_memory",
-                "paper_weak_scaling", "paper_peak_memory", "paper_prefetch_vit5b", "prefetch_comparison",
-                "compile_ac_comparison", "plan_weak_scaling"]
-TABLE_NAMES = ["accuracy", "profile", "best_strategy", "weak_scaling_efficiency"]
-FIGURES = [f"{RES}/figures/{n}.png" for n in FIGURE_NAMES]
-TABLES = [f"{RES}/tables/{n}.csv" for n in TABLE_NAMES]
+# The figures rule's outputs and inputs come from the one figure registry (geofm.plots.registry): each figure
+# and table by name, and the result kinds they read (the paper's tables are package data, in its params).
+FIGURES = figure_paths(RES)
+TABLES = table_paths(RES)
+RESULTS_OF_KIND = {"eval": EVAL_OUT, "pretrain": METRICS_OUT, "profile": PROFILE_OUT, "plan": [f"{RES}/plan/plan.csv"]}
+FIGURE_INPUTS = [f for kind in figure_rule_inputs() for f in RESULTS_OF_KIND[kind]]

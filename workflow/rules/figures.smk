@@ -1,14 +1,12 @@
 # Figures (seaborn PNG) and tables (CSV) from every result, with the paper's published numbers
-# overlaid as their own series; `snakemake --report report.html` shows them with captions.
+# overlaid as their own series; `snakemake --report report.html` shows them with captions. The outputs and the
+# result kinds they read are those of geofm.plots.registry (FIGURES, TABLES, rule_inputs).
 localrules: figures
 
 
 rule figures:
     input:
-        EVAL_OUT,
-        METRICS_OUT,
-        PROFILE_OUT,
-        f"{RES}/plan/plan.csv",
+        FIGURE_INPUTS,
     output:
         [report(f, caption=f"../report/{Path(f).stem}.rst", category="Figures") for f in FIGURES],
         [report(t, caption="../report/tables.rst", category="Tables") for t in TABLES],

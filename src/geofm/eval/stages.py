@@ -389,7 +389,7 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
         return record
 
     from geofm.plots.confusion import write_confusion
-    from geofm.plots.io import write_json
+    from geofm.common.io import write_json
 
     stem = out_json.name[:-len(".json")] if out_json.name.endswith(".json") else out_json.stem
     write_confusion(np.asarray(confusion), classes, out_json.with_name(f"{stem}.confusion.csv"),

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from geofm.plots.io import save_figure, write_csv
+from geofm.common.io import save_figure, write_csv
 
 
 def confusion_frame(cm: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
