@@ -224,3 +224,27 @@ def test_every_figure_has_a_caption():
         cap = report / f"{name}.rst"
         assert cap.is_file(), f"missing caption {cap}"
         assert cap.read_text().strip()
+
+
+def test_cpu_runs_without_reserved_memory_show_na(tmp_path):
+    """On the CPU the profile records `peak_reserved_gb: null`: the tables say n/a there, the figures draw and
+    the peak-memory footer says so."""
+    write_results(tmp_path)
+    for path in (tmp_path / "profile").glob("*/*/*.json"):
+        rec = json.loads(path.read_text())
+        rec.update(peak_reserved_gb=None, device="CPU" if rec["model"] == "demo_tiny" else "MI250X_GCD")
+        if rec["model"] == "vit_base" and rec["status"] == "ok":
+            rec["peak_reserved_gb"] = 4.5
+        path.write_text(json.dumps(rec))
+    out = F.run_figures(study(tmp_path), tmp_path / "figures", tmp_path / "tables")
+    assert all(p.exists() for p in out)
+    prof = pd.read_csv(tmp_path / "tables" / "profile.csv", keep_default_na=False)
+    reserved = dict(zip(zip(prof["model"], prof["strategy"], prof["nodes"]), prof["peak_reserved_gb"]))
+    assert reserved[("demo_tiny", "HYBRID_2GPUs", 1)] == "n/a"
+    assert reserved[("vit_base", "DDP", 1)] == "4.5"
+    assert reserved[("vit_base", "NO_SHARD", 1)] == ""  # impossible: nothing measured
+    base = R.base_variant(R.load_profile(tmp_path))
+    assert F.reserved_note(base) == "peak_reserved_gb: n/a (CPU, MI250X_GCD)"
+    assert F.reserved_note(base[base["model"] == "vit_base"]) == ""
+    mem = F.plot_peak_memory(base, tmp_path / "mem.png")
+    assert mem.path.stat().st_size > 10_000 and mem.data["peak_reserved_gb"].isna().sum() == 3
