@@ -118,7 +118,7 @@ def _profile_bars(prof: pd.DataFrame, path, y: str, ylabel: str, title: str, yer
             models = model_order(sub["display_name"])
             okd = sub[sub["ok"]]
             centres = grouped_bars(ax, okd, "display_name", "strategy", y, x_order=models, hue_order=strategies,
-                                    yerr=yerr, palette=palette)
+                                   yerr=yerr, palette=palette)
             for _, r in sub[~sub["ok"]].iterrows():  # impossible configurations: a marked slot
                 ax.plot(centres[(r["display_name"], r["strategy"])], 0, marker="x", color="crimson",
                         markersize=8, clip_on=False, linestyle="none",
@@ -232,7 +232,7 @@ def plot_paper_peak_memory(paper_mem: pd.DataFrame, prof: pd.DataFrame, path) ->
         models = model_order(data["model"])
         strategies = strategy_order(data["strategy"])
         centres = grouped_bars(ax, paper, "model", "strategy", "peak_mem_gb", x_order=models,
-                                hue_order=strategies, label_prefix=f"{PAPER}: ")
+                               hue_order=strategies, label_prefix=f"{PAPER}: ")
         first = True
         for _, r in proj.iterrows():
             ax.plot(centres[(r["model"], r["strategy"])], r["peak_mem_gb"], marker="D", color="black",
@@ -262,7 +262,7 @@ def plot_paper_prefetch(paper_pf: pd.DataFrame, prof: pd.DataFrame, path) -> Plo
         options = list(dict.fromkeys(paper["option"])) if len(paper) else []
         palette = dict(zip(options, sns.color_palette("Paired", len(options))))
         centres = grouped_bars(ax, paper, "strategy", "option", "images_per_s", x_order=strategies,
-                                hue_order=options, palette=palette, label_prefix=f"{PAPER}: ")
+                               hue_order=options, palette=palette, label_prefix=f"{PAPER}: ")
         first = True
         for _, r in proj.iterrows():
             xpos = centres.get((r["strategy"], r["option"]), strategies.index(r["strategy"]))
@@ -295,7 +295,7 @@ def plot_prefetch_comparison(paper_pf: pd.DataFrame, prof: pd.DataFrame, path) -
         options = list(dict.fromkeys(paper["series"]))
         palette = dict(zip(options, sns.color_palette("Paired", len(options))))
         grouped_bars(ax, paper, "strategy", "series", "relative", x_order=strategies, hue_order=options,
-                      palette=palette, label_prefix=f"{PAPER}: ")
+                     palette=palette, label_prefix=f"{PAPER}: ")
         markers = ["D", "o", "^", "s", "v", "P"]
         pm = {o: markers[i % len(markers)] for i, o in enumerate(dict.fromkeys(proj["option"]))}
         cells = list(dict.fromkeys(proj["model"].astype(str) + ", " + proj["nodes"].astype(int).astype(str) + " node(s)"))
@@ -340,7 +340,7 @@ def plot_compile_ac_comparison(prof: pd.DataFrame, path) -> Plotted:
         for ax, y, yl, err in ((axes[0], "images_per_s", "images/s", "images_per_s_std"),
                                (axes[1], "peak_mem_gb", "peak memory per device (GB)", None)):
             centres = grouped_bars(ax, okd, "cell", "variant_label", y, x_order=cells, hue_order=labels,
-                                    yerr=err, palette=palette)
+                                   yerr=err, palette=palette)
             for _, r in data[~data["ok"].astype(bool)].iterrows():
                 ax.plot(centres[(r["cell"], r["variant_label"])], 0, marker="x", color="crimson", markersize=8,
                         clip_on=False, linestyle="none", label="impossible (see profile.csv)")

@@ -150,7 +150,9 @@ def peak_memory_series(paper_mem: pd.DataFrame, prof: pd.DataFrame) -> pd.DataFr
 
 
 def _option(backward_prefetch: pd.Series, limit_all_gathers: pd.Series) -> pd.Series:
-    return "prefetch=" + backward_prefetch.astype(str) + ", limit_all_gathers=" + limit_all_gathers.astype(str).str.lower()
+    """The paper's option label: ``prefetch=<backward_prefetch>, limit_all_gathers=<true|false>``."""
+    return ("prefetch=" + backward_prefetch.astype(str) + ", limit_all_gathers="
+            + limit_all_gathers.astype(str).str.lower())
 
 
 def paper_prefetch_series(paper_pf: pd.DataFrame, prof: pd.DataFrame) -> pd.DataFrame:
