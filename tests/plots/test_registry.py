@@ -38,6 +38,17 @@ def test_rule_inputs_are_the_result_kinds_read():
     assert set(rule_inputs()) == kinds - {None} == {"eval", "pretrain", "profile", "plan"}
 
 
+def test_no_rule_restates_a_figure_or_table_name():
+    """The rules take the names from the registry; a name typed into a rule file would drift from it."""
+    names = [*FIGURES, *TABLES]
+    for smk in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
+        text = smk.read_text()
+        # as a file name, or as a quoted name where that is not a common word ("profile" is also a rule)
+        typed = [n for n in names if re.search(rf"""\b{n}\.(png|csv)\b""", text)
+                 or ("_" in n and re.search(rf"""["']{n}["']""", text))]
+        assert not typed, f"{smk.name} names {typed}: take them from geofm.plots.registry"
+
+
 # the result files of each rule-input kind, as the demo's DAG names them
 KIND_PATTERNS = {"eval": r"results/eval/[a-z]+/\w+/[\w.]+\.json", "pretrain": r"results/pretrain/\w+/metrics\.jsonl",
                  "profile": r"results/profile/\w+/\w+/\d+n(\.[a-z]\w*)?\.json", "plan": r"results/plan/plan\.csv"}
