@@ -160,30 +160,76 @@ def test_collective_costs(frontier):
 
 
 def test_rings_that_leave_the_node(frontier):
-    """Once a ring crosses nodes every one of its p-1 steps waits for the network hop (Hockney ring), and
-    node-spanning all-gathers / reduce-scatters carry RCCL's published shortfall at scale, linear in the ring's
-    length: none inside a node, the cluster's factor at its reference rank count; all-reduces untouched."""
+    """Once a ring crosses nodes every one of its p-1 steps waits for the network hop (Hockney ring), and each
+    step of a node-spanning all-gather / reduce-scatter carries RCCL's published shortfall at scale, linear in
+    the ring's length: none inside a node, the cluster's factor at its reference rank count; the ring's
+    bandwidth term and the all-reduces untouched."""
     import dataclasses
 
     c = frontier
     assert c.ring_slowdown == pytest.approx(14.07) and c.ring_slowdown_ranks == 2048
+    assert c.ring_slowdown_scope == "step"
     two = comm.group_of(16, 1, 8)
     # latency: 15 steps, each at the network hop's 4.5 us (not 14 at xGMI's 2.7 us and one at 4.5 us)
     assert comm.ring_time(c, two, 1.0, 1) == pytest.approx(c.base_lat + 15 * c.inter_lat, rel=1e-3)
     plain = dataclasses.replace(c, ring_slowdown=1.0)
     one, world = comm.group_of(8, 1, 8), comm.group_of(2048, 1, 8)
     assert comm.all_gather(c, one, 1e8) == comm.all_gather(plain, one, 1e8)  # inside a node: no shortfall
-    assert comm.all_gather(c, world, 1e8) == pytest.approx(14.07 * comm.all_gather(plain, world, 1e8))
-    assert comm.reduce_scatter(c, world, 1e8) == pytest.approx(14.07 * comm.reduce_scatter(plain, world, 1e8))
+    # at 2,048 ranks every one of the 2,047 steps costs 14.07 x the network hop; the bytes cost what they cost
+    steps = 2047 * c.inter_lat
+    assert comm.all_gather(c, world, 1e8) - comm.all_gather(plain, world, 1e8) == pytest.approx(13.07 * steps)
+    assert comm.reduce_scatter(c, world, 1e8) == comm.all_gather(c, world, 1e8)
+    # a large buffer is bandwidth-bound: the shortfall adds the same latency, a smaller share of the time
+    big = 8e9
+    assert comm.all_gather(c, world, big) / comm.all_gather(plain, world, big) < \
+        comm.all_gather(c, world, 1e6) / comm.all_gather(plain, world, 1e6)
+    # the earlier reading (scope: collective) multiplies the whole time
+    whole = dataclasses.replace(c, ring_slowdown_scope="collective")
+    assert comm.all_gather(whole, world, 1e8) == pytest.approx(14.07 * comm.all_gather(plain, world, 1e8))
     half = comm.group_of(1024, 1, 8)  # 1,023 of 2,047 ring steps: half the way from 1 to 14.07
     assert comm.ring_slowdown(c, half) == pytest.approx(1 + 13.07 * 1023 / 2047)
     assert comm.all_reduce(c, world, 1e8) == comm.all_reduce(plain, world, 1e8)
-    # FULL_SHARD's exposed communication grows past compute at scale; a hybrid's replica all-reduce does not
+    # FULL_SHARD's exposed communication grows past compute at scale (ViT-Base: 3 small collectives per block);
+    # a hybrid's replica all-reduce does not
     w = Workload("vit_base", batch_per_gpu=32, activation_checkpointing=1)
     fs = predict(w, "FULL_SHARD", 128, c, 0.06)
     assert fs.exposed_comm_s > 3 * fs.compute_s
     assert predict(w, "FULL_SHARD", 128, plain, 0.06).exposed_comm_s < fs.exposed_comm_s / 5
-    assert predict(w, "HYBRID_1GPU", 128, c, 0.06).exposed_comm_s < 0.05 * fs.compute_s
+    assert predict(w, "HYBRID_1GPU", 128, c, 0.06).exposed_comm_s < 0.15 * fs.compute_s
+
+
+def test_mi250x_package_link(frontier):
+    """HYBRID_2GPUs' shard group (ranks 2i, 2i+1) is one MI250X: its ring runs over the package's 200 GB/s; a
+    group of two GCDs of different MI250X (a replica group, stride 4) or of four GCDs runs at the node's 50."""
+    import dataclasses
+
+    c = frontier
+    assert (c.package_gpus, c.package_bw) == (2, 200.0)
+    pair, apart, four = comm.group_of(2, 1, 8), comm.group_of(2, 4, 8), comm.group_of(4, 1, 8)
+    assert comm.in_package(c, pair) and not comm.in_package(c, apart) and not comm.in_package(c, four)
+    assert comm.all_gather(c, pair, 1e9) == pytest.approx(c.base_lat + c.intra_lat + 0.5 * 1e9 / 200e9)
+    assert comm.all_gather(c, apart, 1e9) == pytest.approx(c.base_lat + c.intra_lat + 0.5 * 1e9 / 50e9)
+    flat = dataclasses.replace(c, package_gpus=1)
+    assert comm.all_gather(flat, pair, 1e9) == comm.all_gather(c, apart, 1e9)
+    w = Workload("vit_3b", batch_per_gpu=32, activation_checkpointing=1)
+    assert predict(w, "HYBRID_2GPUs", 1, c, 0.08).step_s < predict(w, "HYBRID_2GPUs", 1, flat, 0.08).step_s
+
+
+def test_overlap_is_the_clusters_measured_fraction(frontier):
+    """Each window costs compute + communication - overlap x the shorter: 1 is the ideal max(), 0 the sum;
+    Frontier's 0.21 (Agrawal et al.) lies between, and the step grows as the overlap falls."""
+    import dataclasses
+
+    from geofm.perf.model import window
+
+    assert window(10, 4, 1.0) == 10 and window(10, 4, 0.0) == 14 and window(10, 4, 0.21) == pytest.approx(13.16)
+    assert frontier.overlap == pytest.approx(0.21)
+    w = Workload("vit_1b", batch_per_gpu=32, activation_checkpointing=1)
+    steps = [predict(w, "FULL_SHARD", 8, dataclasses.replace(frontier, overlap=f), 0.07).step_s for f in (1, .21, 0)]
+    assert steps[0] < steps[1] < steps[2]
+    # the cluster's value is the default; an explicit argument overrides it
+    assert predict(w, "FULL_SHARD", 8, frontier, 0.07).step_s == pytest.approx(steps[1])
+    assert predict(w, "FULL_SHARD", 8, frontier, 0.07, overlap=1.0).step_s == pytest.approx(steps[0])
 
 
 # ----------------------------------------------------------------------------- step model
@@ -248,9 +294,9 @@ def test_calibration_reads_single_node_cells_only(cfg, frontier, tmp_path):
 def test_validation_against_the_papers_multi_node_cells(cfg):
     """The scoring reproduces the issue's figures for the naive predictor (1-node figure x nodes: 19 % of the
     fastest strategies, ~3 % median images/s error, ~23 points of efficiency), and the plan's numbers are
-    those the README states: images/s and memory within their targets; FULL_SHARD's collapse at 128 nodes
-    predicted from the published RCCL shortfall; the efficiency at 128 nodes at the 10-point target; the
-    fastest strategy named for about half of the pairs (short of 75 %: README says why)."""
+    those the README states: images/s, memory and the efficiency at 128 nodes within their targets; FULL_SHARD's
+    collapse at 128 nodes predicted from the published RCCL shortfall; the fastest strategy named for about
+    70 % of the pairs (short of 75 %: README says why)."""
     naive = validate(cfg, one_node_times_nodes())
     assert (naive.fastest_named, naive.fastest_pairs) == (8, 42)
     assert naive.ips_median_abs_err == pytest.approx(0.03, abs=0.005)
@@ -260,8 +306,8 @@ def test_validation_against_the_papers_multi_node_cells(cfg):
     assert len(v.cells) == len(multi) == 217 and v.fastest_pairs == 42
     assert v.ips_median_abs_err <= 0.10
     assert v.memory_median_abs_err <= 0.20
-    assert v.fastest_named >= 2 * naive.fastest_named and v.fastest_named / v.fastest_pairs < 0.75
-    assert v.eff_mean_abs_diff_points < 11 and v.eff_mean_abs_diff_points < naive.eff_mean_abs_diff_points - 10
+    assert v.fastest_named >= 3 * naive.fastest_named and 0.65 < v.fastest_named / v.fastest_pairs < 0.75
+    assert v.eff_mean_abs_diff_points <= 10 and v.eff_mean_abs_diff_points < naive.eff_mean_abs_diff_points - 10
     eff = {(m, s): (a, b) for m, s, n1, a, b in v.efficiency}
     # FULL_SHARD collapses at 128 nodes in the paper (7-35 % for all but ViT-15B), and in the plan
     for m in ("vit_base", "vit_huge", "vit_1b", "vit_3b", "vit_5b"):
@@ -272,12 +318,21 @@ def test_validation_against_the_papers_multi_node_cells(cfg):
     # following the plan's pick costs little on the paper's own numbers
     import statistics
     assert statistics.median(v.pick_shortfall()) < 0.02 < statistics.median(naive.pick_shortfall())
-    # the sensitivity table: without the published shortfall the efficiency misses by ~20 points again
-    from geofm.perf.plan import ring_slowdown_sensitivity
+    # the sensitivity table: without the published shortfall the efficiency misses by ~15 points again
+    from geofm.perf.plan import overlap_sensitivity, ring_slowdown_sensitivity, structure_steps
     rows = [r.split("|")[1:-1] for r in ring_slowdown_sensitivity(cfg, (1.0, None)).splitlines()[2:]]
     assert [r[0].strip() for r in rows] == ["1", "14.07 (clusters.yaml)"]
     without, with_ = (float(r[2].split()[0]) for r in rows)
-    assert without > 18 and with_ == pytest.approx(v.eff_mean_abs_diff_points, abs=0.05)
+    assert without > 14 and with_ == pytest.approx(v.eff_mean_abs_diff_points, abs=0.05)
+    # with the ideal overlap the fastest strategy is named far less often (the 1-node ties carry on)
+    rows = [r.split("|")[1:-1] for r in overlap_sensitivity(cfg, (1.0, None)).splitlines()[2:]]
+    ideal, measured = (int(r[1].split("/")[0]) for r in rows)
+    assert measured == v.fastest_named and ideal < measured - 4
+    # the structural steps start from the earlier model (22/42, 10.1 points) and end at clusters.yaml's
+    rows = [r.split("|")[1:-1] for r in structure_steps(cfg).splitlines()[2:]]
+    assert len(rows) == 4 and rows[0][1].strip() == "22/42" and rows[0][2].strip() == "10.1 points"
+    assert rows[-1][1].strip() == f"{v.fastest_named}/42"
+    assert float(rows[-1][2].split()[0]) == pytest.approx(v.eff_mean_abs_diff_points, abs=0.05)
 
 
 # ----------------------------------------------------------------------------- CLI and DAG

@@ -75,10 +75,11 @@ def window(compute: float, comm_s: float, overlap: float) -> float:
 
 
 def predict(w: Workload, strategy: str, nodes: int, c: Cluster, efficiency: float,
-            compute_factor: float = 1.0, overlap: float = 1.0) -> StepPrediction:
+            compute_factor: float = 1.0, overlap: float | None = None) -> StepPrediction:
     """``efficiency``: achieved fraction of the dense peak at ``w.precision``; ``compute_factor`` scales it for
     one strategy (``Calibration.strategy_factor``, from 1-node cells); ``overlap``: the fraction of the shorter of
     compute and communication hidden under the other in each unit's window (1: FSDP2's ideal)."""
+    overlap = c.overlap if overlap is None else overlap
     world = nodes * c.gpus_per_node
     rate = efficiency * compute_factor * c.peak_flops(w.precision)
     units = w.units()
