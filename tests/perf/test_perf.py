@@ -215,6 +215,27 @@ def test_mi250x_package_link(frontier):
     assert predict(w, "HYBRID_2GPUs", 1, c, 0.08).step_s < predict(w, "HYBRID_2GPUs", 1, flat, 0.08).step_s
 
 
+def test_ddp_all_reduces_per_bucket(frontier):
+    """DDP reduces in 25 MiB buckets (torch's default): a ViT-3B block's 4 x 100M-byte fp32 gradient is 16
+    all-reduces of 1/16 each, so its latency is paid 16 times; an unbucketed DDP pays it once."""
+    import dataclasses
+    import math
+
+    from geofm.perf.model import _unit_comm
+
+    w = Workload("vit_3b", batch_per_gpu=32, activation_checkpointing=1)
+    params = w.units()[1].params
+    nb = math.ceil(4 * params / (25 * 2**20))
+    world = comm.group_of(1024, 1, 8)
+    one, algo = comm.all_reduce(frontier, world, 4 * params / nb)
+    assert _unit_comm(w, "DDP", 1024, frontier, params)[2] == pytest.approx(nb * one) and nb > 10
+    flat = dataclasses.replace(w, ddp_bucket_mb=float("inf"))
+    assert _unit_comm(flat, "DDP", 1024, frontier, params)[2] == comm.all_reduce(frontier, world, 4 * params)[0]
+    assert _unit_comm(flat, "DDP", 1024, frontier, params)[2] < nb * one
+    # FSDP2's replicate (NO_SHARD) keeps one all-reduce per unit
+    assert _unit_comm(w, "NO_SHARD", 1024, frontier, params)[2] == comm.all_reduce(frontier, world, 4 * params)[0]
+
+
 def test_overlap_is_the_clusters_measured_fraction(frontier):
     """Each window costs compute + communication - overlap x the shorter: 1 is the ideal max(), 0 the sum;
     Frontier's 0.21 (Agrawal et al.) lies between, and the step grows as the overlap falls."""
@@ -330,7 +351,7 @@ def test_validation_against_the_papers_multi_node_cells(cfg):
     assert measured == v.fastest_named and ideal < measured - 4
     # the structural steps start from the earlier model (22/42, 10.1 points) and end at clusters.yaml's
     rows = [r.split("|")[1:-1] for r in structure_steps(cfg).splitlines()[2:]]
-    assert len(rows) == 4 and rows[0][1].strip() == "22/42" and rows[0][2].strip() == "10.1 points"
+    assert len(rows) == 5 and rows[0][1].strip() == "22/42" and rows[0][2].strip() == "10.1 points"
     assert rows[-1][1].strip() == f"{v.fastest_named}/42"
     assert float(rows[-1][2].split()[0]) == pytest.approx(v.eff_mean_abs_diff_points, abs=0.05)
 

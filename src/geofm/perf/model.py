@@ -8,7 +8,8 @@ communication per unit and strategy, in the dtype FSDP2 moves (``MixedPrecisionP
 reduce_dtype=fp32)``, ``geofm.distributed.parallelize``):
 
 =================  ===============================================================================
-DDP                all-reduce of the unit's fp32 gradients over the world (bucketed, during backward)
+DDP                all-reduce of the unit's fp32 gradients over the world during backward, one collective
+                   per bucket (``Workload.ddp_bucket_mb``: torch DDP's default 25 MiB)
 NO_SHARD           all-reduce of fp32 gradients over the replicate dimension (= the world)
 SHARD_GRAD_OP      all-gather of bf16 parameters in forward only (kept to backward); reduce-scatter of
                    fp32 gradients; both over the world
@@ -26,6 +27,7 @@ write parameter and moments) at the device's HBM bandwidth.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..distributed.strategies import parse_strategy
@@ -56,7 +58,11 @@ def _unit_comm(w: Workload, strategy: str, world: int, c: Cluster, params: int) 
     g = c.gpus_per_node
     if world == 1:
         return 0.0, 0.0, 0.0, "-"
-    if st.kind == "ddp" or k == 1:
+    if st.kind == "ddp":  # DDP all-reduces its gradients in buckets of 25 MiB (one collective per bucket)
+        nb = max(1, math.ceil(4 * params / (w.ddp_bucket_mb * 2**20))) if math.isfinite(w.ddp_bucket_mb) else 1
+        t, algo = comm.all_reduce(c, comm.group_of(world, 1, g), 4 * params / nb)
+        return 0.0, 0.0, nb * t, algo
+    if k == 1:  # FSDP2 replicate (NO_SHARD, HYBRID_1GPU): one all-reduce per unit
         t, algo = comm.all_reduce(c, comm.group_of(world, 1, g), 4 * params)
         return 0.0, 0.0, t, algo
     shard = comm.group_of(k, 1, g)

@@ -35,6 +35,9 @@ class Workload:
     precision: str = "bf16"
     activation_checkpointing: int = 1
     backward_prefetch: int = 1
+    # DDP's gradient bucket (torch.nn.parallel.DistributedDataParallel's default bucket_cap_mb = 25 MiB, which
+    # geofm.distributed.parallelize keeps): one all-reduce per bucket
+    ddp_bucket_mb: float = 25.0
 
     @classmethod
     def from_config(cls, cfg: dict, model: str, section: str = "profile", **over) -> "Workload":
