@@ -320,6 +320,16 @@ def test_calibration_reads_single_node_cells_only(cfg, frontier, tmp_path):
 
 
 # ----------------------------------------------------------------------------- validation
+def test_fastest_strategy_ties_in_the_paper_count_for_either(cfg):
+    """ViT-5B at 4 nodes: FULL_SHARD and SHARD_GRAD_OP both measured 197 images/s; a predictor that names either
+    names the fastest; one that names a slower strategy does not."""
+    def picking(strategy):
+        base = one_node_times_nodes()
+        return lambda m, s, n: base(m, s, n) * (2 if (m, n, s) == ("vit_5b", 4, strategy) else 1)
+    named = {s: validate(cfg, picking(s)).fastest_named for s in ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_8GPUs")}
+    assert named["FULL_SHARD"] == named["SHARD_GRAD_OP"] == named["HYBRID_8GPUs"] + 1
+
+
 def test_validation_against_the_papers_multi_node_cells(cfg):
     """The scoring reproduces the issue's figures for the naive predictor (1-node figure x nodes: 19 % of the
     fastest strategies, ~3 % median images/s error, ~23 points of efficiency), and the plan's numbers are
@@ -357,9 +367,10 @@ def test_validation_against_the_papers_multi_node_cells(cfg):
     rows = [r.split("|")[1:-1] for r in overlap_sensitivity(cfg, (1.0, None)).splitlines()[2:]]
     ideal, measured = (int(r[1].split("/")[0]) for r in rows)
     assert measured == v.fastest_named and ideal < measured - 4
-    # the structural steps start from the earlier model (22/42, 10.1 points) and end at clusters.yaml's
+    # the structural steps start from the earlier model (10.1 points; 22/42 scored without ties, 23/42 with the
+    # paper's one exact tie, ViT-5B at 4 nodes, counted for either strategy) and end at the plan's
     rows = [r.split("|")[1:-1] for r in structure_steps(cfg).splitlines()[2:]]
-    assert len(rows) == 6 and rows[0][1].strip() == "22/42" and rows[0][2].strip() == "10.1 points"
+    assert len(rows) == 6 and rows[0][1].strip() == "23/42" and rows[0][2].strip() == "10.1 points"
     assert rows[-1][1].strip() == f"{v.fastest_named}/42"
     assert float(rows[-1][2].split()[0]) == pytest.approx(v.eff_mean_abs_diff_points, abs=0.05)
 
