@@ -130,6 +130,42 @@ def test_feasibility_of_the_config_grid_agrees_with_the_paper(cfg):
         cell_feasibility(cfg, "vit_3b", "NO_SHARD", 1)[1]
 
 
+def test_run_settings_resolve_as_the_runs_do(cfg):
+    """No inline defaults in geofm.perf: a key comes from the config's section (filled with the schema's
+    defaults at load), a profile cell's training settings next from the pretrain section (as geofm profile
+    builds its TrainConfig), and only where neither the config nor the schema has one from RUNNER_DEFAULTS,
+    which equal the trainer's own TrainConfig defaults and every default the schema declares."""
+    import dataclasses
+
+    from geofm.config import section_defaults
+    from geofm.perf.plan import plan_settings
+    from geofm.perf.workload import RUNNER_DEFAULTS, run_setting
+    from geofm.train.pretrain import TrainConfig
+
+    trainer = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for k, v in RUNNER_DEFAULTS["pretrain"].items():
+        if k in trainer:
+            assert trainer[k] == v, k
+    for section, vals in RUNNER_DEFAULTS.items():
+        dflt = section_defaults(section)
+        assert all(dflt[k] == v for k, v in vals.items() if k in dflt), section
+    demo = load_config(ROOT / "config" / "demo.yaml")
+    assert "activation_checkpointing" not in demo["profile"]
+    demo["pretrain"]["activation_checkpointing"] = 2  # the profile cell trains with the pretrain section's
+    assert run_setting(demo, "profile", "activation_checkpointing") == 2
+    assert Workload.from_config(demo, "demo_tiny").activation_checkpointing == 2
+    del demo["pretrain"]["activation_checkpointing"]
+    expect = section_defaults("pretrain").get("activation_checkpointing", RUNNER_DEFAULTS["pretrain"]["activation_checkpointing"])
+    assert run_setting(demo, "profile", "activation_checkpointing") == expect == trainer["activation_checkpointing"]
+    # the section's own value wins; per_model overrides for pretraining
+    assert Workload.from_config(cfg, "vit_base").batch_per_gpu == cfg["profile"]["batch_size"] == 32
+    own = {**cfg, "pretrain": {**cfg["pretrain"], "per_model": {"vit_base": {"nodes": 4}}}}
+    assert run_setting(own, "pretrain", "nodes", "vit_base") == 4 and run_setting(own, "pretrain", "nodes") == 16
+    # the plan section: the schema's defaults under a hand-built dict
+    assert plan_settings({}) == section_defaults("plan") and plan_settings({})["cluster"] == "frontier"
+    assert load_cluster({}).name == "frontier"
+
+
 # ----------------------------------------------------------------------------- collectives
 def test_collective_costs(frontier):
     c = frontier

@@ -13,7 +13,7 @@ from .calibrate import Calibration, calibrate, paper_one_node, project_one_node
 from .cluster import Cluster, load_cluster
 from .memory import estimate, feasibility
 from .model import predict
-from .workload import Workload
+from .workload import Workload, run_setting
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "plots" / "reference"
 WEAK_SCALING_CSV = REFERENCE_DIR / "frontier_weak_scaling_ips.csv"
@@ -36,12 +36,10 @@ def paper_workload(model: str, **over) -> Workload:
 
 
 def plan_settings(cfg: dict) -> dict:
-    p = dict(cfg.get("plan") or {})
-    p.setdefault("cluster", PAPER_CLUSTER)
-    p.setdefault("calibration", ["paper", "project"])
-    p.setdefault("runtime_margin", 3.0)
-    p.setdefault("job_overhead_s", 180)
-    return p
+    """The ``plan`` section with the schema's defaults for absent keys (geofm.config fills them at load)."""
+    from ..config import section_defaults
+
+    return {**section_defaults("plan"), **(cfg.get("plan") or {})}
 
 
 def workload_factory(cfg: dict, section: str = "profile", **over):
@@ -55,7 +53,7 @@ def calibration_for(cfg: dict, cluster: Cluster, sources=None, paper_over: dict 
         cells += [("paper", *c, paper_workload(c[0], **(paper_over or {}))) for c in paper_one_node(WEAK_SCALING_CSV)]
     if "project" in sources:
         own = workload_factory(cfg)
-        cells += [("project", *c, own(c[0])) for c in project_one_node(Path(cfg.get("results", "results")),
+        cells += [("project", *c, own(c[0])) for c in project_one_node(Path(cfg["results"]),
                                                                        cluster.device.key)]
     return calibrate(cells, cluster)
 
@@ -78,7 +76,7 @@ def cell_feasibility(cfg: dict, model: str, strategy: str, nodes: int, settings:
     over = {k: v for k, v in (settings or {}).items()
             if k in ("precision", "activation_checkpointing", "backward_prefetch")}
     w = Workload.from_config(cfg, model, **over)
-    return feasibility(w, strategy, nodes * pr.get("procs_per_node", 1), mem)
+    return feasibility(w, strategy, nodes * run_setting(cfg, "profile", "procs_per_node"), mem)
 
 
 def cell(w: Workload, strategy: str, nodes: int, cluster: Cluster, cal: Calibration, steps: int = 0) -> dict:
@@ -106,7 +104,7 @@ def plan_rows(cfg: dict, cluster: Cluster | None = None, cal: Calibration | None
     cluster = cluster or load_cluster(cfg)
     cal = cal or calibration_for(cfg, cluster)
     pr, ps = cfg["profile"], plan_settings(cfg)
-    steps = pr.get("warmup_steps", 5) + pr.get("steps", 20) + 1
+    steps = run_setting(cfg, "profile", "warmup_steps") + run_setting(cfg, "profile", "steps") + 1
     rows = []
     for model in pr["models"]:
         w = Workload.from_config(cfg, model)
@@ -124,23 +122,23 @@ def plan_rows(cfg: dict, cluster: Cluster | None = None, cal: Calibration | None
 def pretrain_node_hours(cfg: dict, cluster: Cluster, cal: Calibration) -> dict:
     """Node-hours of pretraining each config model at its own strategy, nodes and steps (the pretrain section
     under ``pretrain.per_model.<model>``: the geometry the pretrain rule asks for and ``geofm schedule`` counts)."""
-    from ..config import pretrain_settings
-
     out = {}
     for model in cfg["models"]:
-        pt = pretrain_settings(cfg, model)
-        nodes = pt.get("nodes", 1)
-        w = Workload.from_config(cfg, model, "pretrain",
-                                 activation_checkpointing=pt.get("activation_checkpointing", 0),
-                                 precision=pt.get("precision", "bf16"),
-                                 backward_prefetch=pt.get("backward_prefetch", 1),
-                                 batch_per_gpu=max(1, pt.get("batch_size", 32) // (nodes * pt.get("procs_per_node", 1))))
-        r = cell(w, pt["strategy"], nodes, cluster, cal)
+        def get(key, model=model):
+            return run_setting(cfg, "pretrain", key, model)
+
+        nodes = get("nodes")
+        w = Workload.from_config(cfg, model, "pretrain", activation_checkpointing=get("activation_checkpointing"),
+                                 precision=get("precision"), backward_prefetch=get("backward_prefetch"),
+                                 mask_ratio=get("mask_ratio"), decoder_dim=get("decoder_dim"),
+                                 decoder_depth=get("decoder_depth"),
+                                 batch_per_gpu=max(1, get("batch_size") // (nodes * get("procs_per_node"))))
+        r = cell(w, get("strategy"), nodes, cluster, cal)
         if not r.get("step_s"):
             out[model] = {"status": r["status"], "nodes": nodes, "node_hours": None}
             continue
         out[model] = {"status": r["status"], "step_s": r["step_s"], "images_per_s": r["images_per_s"],
-                      "nodes": nodes, "node_hours": pt.get("steps", 0) * r["step_s"] * nodes / 3600}
+                      "nodes": nodes, "node_hours": get("steps") * r["step_s"] * nodes / 3600}
     return out
 
 
