@@ -19,9 +19,12 @@ HYBRID_k           FULL_SHARD inside k consecutive ranks; all-reduce of the fp32
 =================  ===============================================================================
 
 overlap: FSDP2 issues the next unit's all-gather while the current unit computes (forward, and backward with
-``backward_prefetch`` ≥ 1) and reduces a unit's gradients while the next unit's backward runs; a unit's
-window therefore costs ``max(compute, communication issued in it)``. The first all-gather and the last
-reduction are exposed. With ``backward_prefetch: 0`` the backward all-gather is not overlapped. The
+``backward_prefetch`` ≥ 1) and reduces a unit's gradients while the next unit's backward runs. Running them
+together is not free: the collectives' kernels share the compute units, caches and HBM with the compute, so a
+unit's window costs compute + communication − ``overlap`` · min(compute, communication) (``window``), with the
+cluster's measured ``collective.overlap`` (Frontier 0.21: Agrawal et al., arXiv:2412.14335, concurrent
+computation and communication realise 21 % of the ideal saving on AMD Instinct GPUs; 1 would be the ideal
+max(compute, communication)). The first all-gather and the last reduction are exposed. With ``backward_prefetch: 0`` the backward all-gather is not overlapped. The
 optimizer step is memory-bound: 28 bytes per local parameter (read parameter, gradient, two moments;
 write parameter and moments) at the device's HBM bandwidth.
 """
@@ -75,8 +78,8 @@ def _unit_comm(w: Workload, strategy: str, world: int, c: Cluster, params: int) 
 
 
 def window(compute: float, comm_s: float, overlap: float) -> float:
-    """Time of a window in which ``compute`` runs and ``comm_s`` of collectives are issued: fully overlapped
-    (``overlap`` = 1) takes the longer of the two, serialised (0) their sum."""
+    """Time of a window in which ``compute`` runs and ``comm_s`` of collectives are issued: ``overlap`` of the
+    shorter one is saved (1: the ideal, the longer of the two; 0: serialised, their sum)."""
     return compute + comm_s - overlap * min(compute, comm_s)
 
 
@@ -84,7 +87,8 @@ def predict(w: Workload, strategy: str, nodes: int, c: Cluster, efficiency: floa
             compute_factor: float = 1.0, overlap: float | None = None) -> StepPrediction:
     """``efficiency``: achieved fraction of the dense peak at ``w.precision``; ``compute_factor`` scales it for
     one strategy (``Calibration.strategy_factor``, from 1-node cells); ``overlap``: the fraction of the shorter of
-    compute and communication hidden under the other in each unit's window (1: FSDP2's ideal)."""
+    compute and communication hidden under the other in each unit's window (None: the cluster's measured
+    ``collective.overlap``; 1: the ideal)."""
     overlap = c.overlap if overlap is None else overlap
     world = nodes * c.gpus_per_node
     rate = efficiency * compute_factor * c.peak_flops(w.precision)
