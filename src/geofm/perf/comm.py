@@ -3,8 +3,9 @@ group's placement (members per node, nodes spanned) deciding which links it cros
 
 The latency terms follow NCCL/RCCL's own tuning model (``src/graph/tuning.cc``, ``ncclTopoTuneModel``) for the
 hop latencies: a ring all-gather or reduce-scatter over p ranks takes p-1 steps (at the intra-node hop latency
-inside a node, at the network's once it spans nodes: see below); an all-reduce twice that; a (double binary) tree all-reduce 2·((p/n - 1)·intra + log2(n)·inter). All-gather and
-reduce-scatter have only the ring. The bandwidth term is the bytes each rank moves (ring: (p-1)/p of the
+inside a node, at the network's once it spans nodes: see below); an all-reduce twice that; a (double binary)
+tree all-reduce 2·((p/n - 1)·intra + log2(n)·inter). All-gather and reduce-scatter have only the ring; an
+all-reduce takes the faster of ring and tree for its message size and group, as the library's tuner does. The bandwidth term is the bytes each rank moves (ring: (p-1)/p of the
 buffer per pass, all-reduce two passes) over the slowest link of the ring: the intra-node ring bandwidth, or,
 once the group leaves the node, the node's network bandwidth shared by the groups that run at the same time
 (gpus_per_node / members_per_node of them: the replica groups of a hybrid mesh all reduce together).
@@ -27,8 +28,9 @@ Two corrections for rings that leave the node:
   the Cassini NIC's software overflow path at scale: costs per ring step, which grow with the ring. So the
   factor multiplies the per-step latency of node-spanning all-gathers and reduce-scatters, growing linearly
   with the ring's length from 1 inside a node to ``factor`` at ``ranks`` ranks; the bandwidth term of a ring,
-  (p-1)/p·n·beta, does not depend on p and is left as the links give it. All-reduces (tree at scale) are
-  left as NCCL's model has them.
+  (p-1)/p·n·beta, does not depend on p and is left as the links give it (``scope: collective`` multiplies
+  the whole collective instead: the earlier reading, kept for ``geofm plan --validate``'s comparison).
+  All-reduces (tree at scale) are left as NCCL's model has them.
 """
 from __future__ import annotations
 
