@@ -83,7 +83,7 @@ class Calibration:
 def implied_efficiency(w: Workload, strategy: str, cluster: Cluster, ips: float, factor: float = 1.0) -> float:
     """The efficiency at which the model predicts ``ips`` images/s on one node (bisection; monotone)."""
     lo, hi = 1e-4, 1.5
-    for _ in range(60):
+    for _ in range(45):  # 1.5 / 2**45: far below any printed digit
         mid = (lo + hi) / 2
         if predict(w, strategy, 1, cluster, mid, factor).images_per_s < ips:
             lo = mid
