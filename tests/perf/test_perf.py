@@ -272,6 +272,35 @@ def test_ddp_all_reduces_per_bucket(frontier):
     assert _unit_comm(w, "NO_SHARD", 1024, frontier, params)[2] == comm.all_reduce(frontier, world, 4 * params)[0]
 
 
+def test_fsdp1_hybrid_with_a_one_rank_shard_group_reduces_nothing(cfg, frontier):
+    """The paper ran FSDP1, which clamps HYBRID_SHARD over a 1-rank shard group to NO_SHARD over that group
+    (torch _init_core_state) and so all-reduces each gradient over one rank: HYBRID_1GPU moves no bytes and
+    scales with the nodes as far as its step goes (pytorch/pytorch#154888). FSDP2 (this project's runs) and
+    FSDP1's NO_SHARD, over the world, and FSDP1's hybrids with k > 1 keep their reductions."""
+    import dataclasses
+
+    from geofm.perf.model import _unit_comm
+
+    paper = paper_workload("vit_1b")
+    own = Workload.from_config(cfg, "vit_1b")
+    assert paper.fsdp_api == "fsdp1" and own.fsdp_api == "fsdp2"
+    params = paper.units()[1].params
+    world = comm.group_of(1024, 1, 8)
+    ar = comm.all_reduce(frontier, world, 4 * params)[0]
+    assert _unit_comm(paper, "HYBRID_1GPU", 1024, frontier, params) == (0.0, 0.0, 0.0, "-")
+    fsdp2 = dataclasses.replace(paper, fsdp_api="fsdp2")
+    assert ar > 0 and _unit_comm(fsdp2, "HYBRID_1GPU", 1024, frontier, params)[2] == pytest.approx(ar)
+    assert _unit_comm(paper, "NO_SHARD", 1024, frontier, params)[2] == pytest.approx(ar)
+    assert _unit_comm(paper, "HYBRID_2GPUs", 1024, frontier, params)[2] > 0
+    steps = [predict(paper, "HYBRID_1GPU", n, frontier, 0.07) for n in (1, 8, 128)]
+    assert all(p.comm_total_s == 0 and p.exposed_comm_s == pytest.approx(0, abs=1e-12) for p in steps)
+    assert steps[2].compute_s == steps[0].compute_s
+    # FSDP2's replicate all-reduce costs time at 128 nodes; FSDP1's clamped hybrid does not
+    assert predict(fsdp2, "HYBRID_1GPU", 128, frontier, 0.07).step_s > steps[2].step_s
+    with pytest.raises(ValueError, match="fsdp_api"):
+        Workload("vit_1b", fsdp_api="fsdp3")
+
+
 def test_overlap_is_the_clusters_measured_fraction(frontier):
     """Each window costs compute + communication - overlap x the shorter: 1 is the ideal max(), 0 the sum;
     Frontier's 0.21 (Agrawal et al.) lies between, and the step grows as the overlap falls."""
@@ -370,8 +399,8 @@ def test_validation_against_the_papers_multi_node_cells(cfg):
     """The scoring reproduces the issue's figures for the naive predictor (1-node figure x nodes: 19 % of the
     fastest strategies, ~3 % median images/s error, ~23 points of efficiency), and the plan's numbers are
     those the README states: images/s, memory and the efficiency at 128 nodes within their targets; FULL_SHARD's
-    collapse at 128 nodes predicted from the published RCCL shortfall; the fastest strategy named for about
-    70 % of the pairs (short of 75 %: README says why)."""
+    collapse at 128 nodes predicted from the published RCCL shortfall; the fastest strategy named for at least
+    75 % of the pairs."""
     naive = validate(cfg, one_node_times_nodes())
     assert (naive.fastest_named, naive.fastest_pairs) == (8, 42)
     assert naive.ips_median_abs_err == pytest.approx(0.03, abs=0.005)
@@ -381,7 +410,7 @@ def test_validation_against_the_papers_multi_node_cells(cfg):
     assert len(v.cells) == len(multi) == 217 and v.fastest_pairs == 42
     assert v.ips_median_abs_err <= 0.10
     assert v.memory_median_abs_err <= 0.20
-    assert v.fastest_named >= 3 * naive.fastest_named and 0.65 < v.fastest_named / v.fastest_pairs < 0.75
+    assert v.fastest_named >= 3 * naive.fastest_named and v.fastest_named / v.fastest_pairs >= 0.75
     assert v.eff_mean_abs_diff_points <= 10 and v.eff_mean_abs_diff_points < naive.eff_mean_abs_diff_points - 10
     eff = {(m, s): (a, b) for m, s, n1, a, b in v.efficiency}
     # FULL_SHARD collapses at 128 nodes in the paper (7-35 % for all but ViT-15B), and in the plan
@@ -406,7 +435,7 @@ def test_validation_against_the_papers_multi_node_cells(cfg):
     # the structural steps start from the earlier model (10.1 points; 22/42 scored without ties, 23/42 with the
     # paper's one exact tie, ViT-5B at 4 nodes, counted for either strategy) and end at the plan's
     rows = [r.split("|")[1:-1] for r in structure_steps(cfg).splitlines()[2:]]
-    assert len(rows) == 6 and rows[0][1].strip() == "23/42" and rows[0][2].strip() == "10.1 points"
+    assert len(rows) == 7 and rows[0][1].strip() == "23/42" and rows[0][2].strip() == "10.1 points"
     assert rows[-1][1].strip() == f"{v.fastest_named}/42"
     assert float(rows[-1][2].split()[0]) == pytest.approx(v.eff_mean_abs_diff_points, abs=0.05)
 

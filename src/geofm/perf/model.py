@@ -16,6 +16,15 @@ SHARD_GRAD_OP      all-gather of bf16 parameters in forward only (kept to backwa
 FULL_SHARD         all-gather in forward and again in backward (resharded after forward); reduce-scatter
 HYBRID_k           FULL_SHARD inside k consecutive ranks; all-reduce of the fp32 gradient shard (1/k of
                    the unit) across the world/k replicas (ranks k apart)
+HYBRID_1GPU        FSDP2: a (world, 1) mesh, the replicate all-reduce of NO_SHARD. FSDP1 (``Workload.fsdp_api``,
+                   the paper's API): no collective at all. ``_init_core_state`` (torch/distributed/fsdp/
+                   _init_utils.py) clamps any strategy to NO_SHARD when ``state.world_size`` == 1, and for
+                   HYBRID_SHARD that is the size of the *shard* group; NO_SHARD's gradient reduction
+                   (``_reduce_grad_no_shard``, _runtime_utils.py) then all-reduces over that 1-rank group, and
+                   the inter-node (replica) group is only used on the hybrid branch no longer taken: the
+                   replicas never synchronise (confirmed by the maintainers as an FSDP1 bug, not planned to be
+                   fixed: pytorch/pytorch#154888, "Potential Bug with HYBRID_SHARD and (n, 1) Device Mesh
+                   Falling Back to NO_SHARD")
 =================  ===============================================================================
 
 overlap: FSDP2 issues the next unit's all-gather while the current unit computes (forward, and backward with
@@ -65,7 +74,11 @@ def _unit_comm(w: Workload, strategy: str, world: int, c: Cluster, params: int) 
         nb = max(1, math.ceil(4 * params / (w.ddp_bucket_mb * 2**20))) if math.isfinite(w.ddp_bucket_mb) else 1
         t, algo = comm.all_reduce(c, comm.group_of(world, 1, g), 4 * params / nb)
         return 0.0, 0.0, nb * t, algo
-    if k == 1:  # FSDP2 replicate (NO_SHARD, HYBRID_1GPU): one all-reduce per unit
+    if k == 1 and st.name != "NO_SHARD" and w.fsdp_api == "fsdp1":
+        # FSDP1 clamps HYBRID_SHARD over a 1-rank shard group to NO_SHARD over that group: nothing is reduced
+        # (module docstring; pytorch/pytorch#154888)
+        return 0.0, 0.0, 0.0, "-"
+    if k == 1:  # FSDP2 replicate (NO_SHARD, HYBRID_1GPU), FSDP1 NO_SHARD: one all-reduce per unit
         t, algo = comm.all_reduce(c, comm.group_of(world, 1, g), 4 * params)
         return 0.0, 0.0, t, algo
     shard = comm.group_of(k, 1, g)

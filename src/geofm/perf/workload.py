@@ -69,6 +69,15 @@ class Workload:
     # DDP's gradient bucket (torch.nn.parallel.DistributedDataParallel's default bucket_cap_mb = 25 MiB, which
     # geofm.distributed.parallelize keeps): one all-reduce per bucket
     ddp_bucket_mb: float = 25.0
+    # the FSDP API the run uses: "fsdp2" (``fully_shard``, geofm.distributed.parallelize: this project's runs) or
+    # "fsdp1" (``FullyShardedDataParallel``: the paper's runs, whose prefetch study sets BackwardPrefetch
+    # BACKWARD_PRE/BACKWARD_POST and limit_all_gathers, arguments only FSDP1 has). They differ for a hybrid
+    # with a 1-rank shard group (geofm.perf.model)
+    fsdp_api: str = "fsdp2"
+
+    def __post_init__(self):
+        if self.fsdp_api not in ("fsdp1", "fsdp2"):
+            raise ValueError(f"Workload.fsdp_api: 'fsdp1' or 'fsdp2'; got {self.fsdp_api!r}")
 
     @classmethod
     def from_config(cls, cfg: dict, model: str, section: str = "profile", **over) -> "Workload":
