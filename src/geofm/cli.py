@@ -293,7 +293,7 @@ printed. --validate scores it against the paper's multi-node Frontier measuremen
 def cmd_plan(args, cfg):
     from .perf.cluster import load_cluster
     from .perf.plan import (calibration_for, one_node_times_nodes, plan_rows, pretrain_node_hours,
-                            ring_slowdown_sensitivity, validate, validation_report, write_plan)
+                            model_sensitivity, validate, validation_report, write_plan)
 
     cluster = load_cluster(cfg, args.cluster)
     cal = calibration_for(cfg, cluster)
@@ -328,8 +328,8 @@ def cmd_plan(args, cfg):
         naive = validate(cfg, one_node_times_nodes())
         print("\nvalidation against the paper (Frontier; calibrated on its 1-node cells only):\n")
         print(validation_report(v, naive))
-        print("\nsensitivity to the published RCCL shortfall (collective.ring_slowdown; not fitted):\n")
-        print(ring_slowdown_sensitivity(cfg))
+        print()
+        print(model_sensitivity(cfg))
         summary["validation"] = {"fastest_named": v.fastest_named, "pairs": v.fastest_pairs,
                                  "efficiency_mean_abs_diff_points": v.eff_mean_abs_diff_points,
                                  "images_per_s_median_abs_err": v.ips_median_abs_err,

@@ -130,6 +130,42 @@ def test_feasibility_of_the_config_grid_agrees_with_the_paper(cfg):
         cell_feasibility(cfg, "vit_3b", "NO_SHARD", 1)[1]
 
 
+def test_run_settings_resolve_as_the_runs_do(cfg):
+    """No inline defaults in geofm.perf: a key comes from the config's section (filled with the schema's
+    defaults at load), a profile cell's training settings next from the pretrain section (as geofm profile
+    builds its TrainConfig), and only where neither the config nor the schema has one from RUNNER_DEFAULTS,
+    which equal the trainer's own TrainConfig defaults and every default the schema declares."""
+    import dataclasses
+
+    from geofm.config import section_defaults
+    from geofm.perf.plan import plan_settings
+    from geofm.perf.workload import RUNNER_DEFAULTS, run_setting
+    from geofm.train.pretrain import TrainConfig
+
+    trainer = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for k, v in RUNNER_DEFAULTS["pretrain"].items():
+        if k in trainer:
+            assert trainer[k] == v, k
+    for section, vals in RUNNER_DEFAULTS.items():
+        dflt = section_defaults(section)
+        assert all(dflt[k] == v for k, v in vals.items() if k in dflt), section
+    demo = load_config(ROOT / "config" / "demo.yaml")
+    assert "activation_checkpointing" not in demo["profile"]
+    demo["pretrain"]["activation_checkpointing"] = 2  # the profile cell trains with the pretrain section's
+    assert run_setting(demo, "profile", "activation_checkpointing") == 2
+    assert Workload.from_config(demo, "demo_tiny").activation_checkpointing == 2
+    del demo["pretrain"]["activation_checkpointing"]
+    expect = section_defaults("pretrain").get("activation_checkpointing", RUNNER_DEFAULTS["pretrain"]["activation_checkpointing"])
+    assert run_setting(demo, "profile", "activation_checkpointing") == expect == trainer["activation_checkpointing"]
+    # the section's own value wins; per_model overrides for pretraining
+    assert Workload.from_config(cfg, "vit_base").batch_per_gpu == cfg["profile"]["batch_size"] == 32
+    own = {**cfg, "pretrain": {**cfg["pretrain"], "per_model": {"vit_base": {"nodes": 4}}}}
+    assert run_setting(own, "pretrain", "nodes", "vit_base") == 4 and run_setting(own, "pretrain", "nodes") == 16
+    # the plan section: the schema's defaults under a hand-built dict
+    assert plan_settings({}) == section_defaults("plan") and plan_settings({})["cluster"] == "frontier"
+    assert load_cluster({}).name == "frontier"
+
+
 # ----------------------------------------------------------------------------- collectives
 def test_collective_costs(frontier):
     c = frontier
@@ -160,30 +196,126 @@ def test_collective_costs(frontier):
 
 
 def test_rings_that_leave_the_node(frontier):
-    """Once a ring crosses nodes every one of its p-1 steps waits for the network hop (Hockney ring), and
-    node-spanning all-gathers / reduce-scatters carry RCCL's published shortfall at scale, linear in the ring's
-    length: none inside a node, the cluster's factor at its reference rank count; all-reduces untouched."""
+    """Once a ring crosses nodes every one of its p-1 steps waits for the network hop (Hockney ring), and each
+    step of a node-spanning all-gather / reduce-scatter carries RCCL's published shortfall at scale, linear in
+    the ring's length: none inside a node, the cluster's factor at its reference rank count; the ring's
+    bandwidth term and the all-reduces untouched."""
     import dataclasses
 
     c = frontier
     assert c.ring_slowdown == pytest.approx(14.07) and c.ring_slowdown_ranks == 2048
+    assert c.ring_slowdown_scope == "step"
     two = comm.group_of(16, 1, 8)
     # latency: 15 steps, each at the network hop's 4.5 us (not 14 at xGMI's 2.7 us and one at 4.5 us)
     assert comm.ring_time(c, two, 1.0, 1) == pytest.approx(c.base_lat + 15 * c.inter_lat, rel=1e-3)
     plain = dataclasses.replace(c, ring_slowdown=1.0)
     one, world = comm.group_of(8, 1, 8), comm.group_of(2048, 1, 8)
     assert comm.all_gather(c, one, 1e8) == comm.all_gather(plain, one, 1e8)  # inside a node: no shortfall
-    assert comm.all_gather(c, world, 1e8) == pytest.approx(14.07 * comm.all_gather(plain, world, 1e8))
-    assert comm.reduce_scatter(c, world, 1e8) == pytest.approx(14.07 * comm.reduce_scatter(plain, world, 1e8))
+    # at 2,048 ranks every one of the 2,047 steps costs 14.07 x the network hop; the bytes cost what they cost
+    steps = 2047 * c.inter_lat
+    assert comm.all_gather(c, world, 1e8) - comm.all_gather(plain, world, 1e8) == pytest.approx(13.07 * steps)
+    assert comm.reduce_scatter(c, world, 1e8) == comm.all_gather(c, world, 1e8)
+    # a large buffer is bandwidth-bound: the shortfall adds the same latency, a smaller share of the time
+    big = 8e9
+    assert comm.all_gather(c, world, big) / comm.all_gather(plain, world, big) < \
+        comm.all_gather(c, world, 1e6) / comm.all_gather(plain, world, 1e6)
+    # the earlier reading (scope: collective) multiplies the whole time
+    whole = dataclasses.replace(c, ring_slowdown_scope="collective")
+    assert comm.all_gather(whole, world, 1e8) == pytest.approx(14.07 * comm.all_gather(plain, world, 1e8))
     half = comm.group_of(1024, 1, 8)  # 1,023 of 2,047 ring steps: half the way from 1 to 14.07
     assert comm.ring_slowdown(c, half) == pytest.approx(1 + 13.07 * 1023 / 2047)
     assert comm.all_reduce(c, world, 1e8) == comm.all_reduce(plain, world, 1e8)
-    # FULL_SHARD's exposed communication grows past compute at scale; a hybrid's replica all-reduce does not
+    # FULL_SHARD's exposed communication grows past compute at scale (ViT-Base: 3 small collectives per block);
+    # a hybrid's replica all-reduce does not
     w = Workload("vit_base", batch_per_gpu=32, activation_checkpointing=1)
     fs = predict(w, "FULL_SHARD", 128, c, 0.06)
     assert fs.exposed_comm_s > 3 * fs.compute_s
     assert predict(w, "FULL_SHARD", 128, plain, 0.06).exposed_comm_s < fs.exposed_comm_s / 5
-    assert predict(w, "HYBRID_1GPU", 128, c, 0.06).exposed_comm_s < 0.05 * fs.compute_s
+    assert predict(w, "HYBRID_1GPU", 128, c, 0.06).exposed_comm_s < 0.15 * fs.compute_s
+
+
+def test_mi250x_package_link(frontier):
+    """HYBRID_2GPUs' shard group (ranks 2i, 2i+1) is one MI250X: its ring runs over the package's 200 GB/s; a
+    group of two GCDs of different MI250X (a replica group, stride 4) or of four GCDs runs at the node's 50."""
+    import dataclasses
+
+    c = frontier
+    assert (c.package_gpus, c.package_bw) == (2, 200.0)
+    pair, apart, four = comm.group_of(2, 1, 8), comm.group_of(2, 4, 8), comm.group_of(4, 1, 8)
+    assert comm.in_package(c, pair) and not comm.in_package(c, apart) and not comm.in_package(c, four)
+    assert comm.all_gather(c, pair, 1e9) == pytest.approx(c.base_lat + c.intra_lat + 0.5 * 1e9 / 200e9)
+    assert comm.all_gather(c, apart, 1e9) == pytest.approx(c.base_lat + c.intra_lat + 0.5 * 1e9 / 50e9)
+    flat = dataclasses.replace(c, package_gpus=1)
+    assert comm.all_gather(flat, pair, 1e9) == comm.all_gather(c, apart, 1e9)
+    w = Workload("vit_3b", batch_per_gpu=32, activation_checkpointing=1)
+    assert predict(w, "HYBRID_2GPUs", 1, c, 0.08).step_s < predict(w, "HYBRID_2GPUs", 1, flat, 0.08).step_s
+
+
+def test_ddp_all_reduces_per_bucket(frontier):
+    """DDP reduces in 25 MiB buckets (torch's default): a ViT-3B block's 4 x 100M-byte fp32 gradient is 16
+    all-reduces of 1/16 each, so its latency is paid 16 times; an unbucketed DDP pays it once."""
+    import dataclasses
+    import math
+
+    from geofm.perf.model import _unit_comm
+
+    w = Workload("vit_3b", batch_per_gpu=32, activation_checkpointing=1)
+    params = w.units()[1].params
+    nb = math.ceil(4 * params / (25 * 2**20))
+    world = comm.group_of(1024, 1, 8)
+    one, algo = comm.all_reduce(frontier, world, 4 * params / nb)
+    assert _unit_comm(w, "DDP", 1024, frontier, params)[2] == pytest.approx(nb * one) and nb > 10
+    flat = dataclasses.replace(w, ddp_bucket_mb=float("inf"))
+    assert _unit_comm(flat, "DDP", 1024, frontier, params)[2] == comm.all_reduce(frontier, world, 4 * params)[0]
+    assert _unit_comm(flat, "DDP", 1024, frontier, params)[2] < nb * one
+    # FSDP2's replicate (NO_SHARD) keeps one all-reduce per unit
+    assert _unit_comm(w, "NO_SHARD", 1024, frontier, params)[2] == comm.all_reduce(frontier, world, 4 * params)[0]
+
+
+def test_fsdp1_hybrid_with_a_one_rank_shard_group_reduces_nothing(cfg, frontier):
+    """The paper ran FSDP1, which clamps HYBRID_SHARD over a 1-rank shard group to NO_SHARD over that group
+    (torch _init_core_state) and so all-reduces each gradient over one rank: HYBRID_1GPU moves no bytes and
+    scales with the nodes as far as its step goes (pytorch/pytorch#154888). FSDP2 (this project's runs) and
+    FSDP1's NO_SHARD, over the world, and FSDP1's hybrids with k > 1 keep their reductions."""
+    import dataclasses
+
+    from geofm.perf.model import _unit_comm
+
+    paper = paper_workload("vit_1b")
+    own = Workload.from_config(cfg, "vit_1b")
+    assert paper.fsdp_api == "fsdp1" and own.fsdp_api == "fsdp2"
+    params = paper.units()[1].params
+    world = comm.group_of(1024, 1, 8)
+    ar = comm.all_reduce(frontier, world, 4 * params)[0]
+    assert _unit_comm(paper, "HYBRID_1GPU", 1024, frontier, params) == (0.0, 0.0, 0.0, "-")
+    fsdp2 = dataclasses.replace(paper, fsdp_api="fsdp2")
+    assert ar > 0 and _unit_comm(fsdp2, "HYBRID_1GPU", 1024, frontier, params)[2] == pytest.approx(ar)
+    assert _unit_comm(paper, "NO_SHARD", 1024, frontier, params)[2] == pytest.approx(ar)
+    assert _unit_comm(paper, "HYBRID_2GPUs", 1024, frontier, params)[2] > 0
+    steps = [predict(paper, "HYBRID_1GPU", n, frontier, 0.07) for n in (1, 8, 128)]
+    assert all(p.comm_total_s == 0 and p.exposed_comm_s == pytest.approx(0, abs=1e-12) for p in steps)
+    assert steps[2].compute_s == steps[0].compute_s
+    # FSDP2's replicate all-reduce costs time at 128 nodes; FSDP1's clamped hybrid does not
+    assert predict(fsdp2, "HYBRID_1GPU", 128, frontier, 0.07).step_s > steps[2].step_s
+    with pytest.raises(ValueError, match="fsdp_api"):
+        Workload("vit_1b", fsdp_api="fsdp3")
+
+
+def test_overlap_is_the_clusters_measured_fraction(frontier):
+    """Each window costs compute + communication - overlap x the shorter: 1 is the ideal max(), 0 the sum;
+    Frontier's 0.21 (Agrawal et al.) lies between, and the step grows as the overlap falls."""
+    import dataclasses
+
+    from geofm.perf.model import window
+
+    assert window(10, 4, 1.0) == 10 and window(10, 4, 0.0) == 14 and window(10, 4, 0.21) == pytest.approx(13.16)
+    assert frontier.overlap == pytest.approx(0.21)
+    w = Workload("vit_1b", batch_per_gpu=32, activation_checkpointing=1)
+    steps = [predict(w, "FULL_SHARD", 8, dataclasses.replace(frontier, overlap=f), 0.07).step_s for f in (1, .21, 0)]
+    assert steps[0] < steps[1] < steps[2]
+    # the cluster's value is the default; an explicit argument overrides it
+    assert predict(w, "FULL_SHARD", 8, frontier, 0.07).step_s == pytest.approx(steps[1])
+    assert predict(w, "FULL_SHARD", 8, frontier, 0.07, overlap=1.0).step_s == pytest.approx(steps[0])
 
 
 # ----------------------------------------------------------------------------- step model
@@ -223,12 +355,20 @@ def test_calibration_reads_single_node_cells_only(cfg, frontier, tmp_path):
     assert set(cal.efficiency) == {"vit_base", "vit_huge", "vit_1b", "vit_3b", "vit_5b", "vit_15b"}
     assert all(0.01 < e < 0.5 for e in cal.efficiency.values()) and 0.3 < cal.ddp_factor < 0.8
     # one compute factor per strategy, from the 1-node cells: the sharded ones (1/8 of the optimizer step)
-    # a little faster than the replicating ones; a strategy with no 1-node cell takes 1
+    # a little faster than the replicating ones; a hybrid with no 1-node cell takes the hybrids' median, any
+    # other strategy without one 1
     f = cal.strategy_factor
     assert set(f) == {"DDP", "NO_SHARD", "HYBRID_1GPU", "HYBRID_2GPUs", "HYBRID_4GPUs", "HYBRID_8GPUs",
                       "FULL_SHARD", "SHARD_GRAD_OP"}
     assert f["FULL_SHARD"] > f["NO_SHARD"] and all(0.9 < v < 1.1 for k, v in f.items() if k != "DDP")
-    assert cal.factor("HYBRID_16GPUs") == 1.0 and cal.factor("DDP") == cal.ddp_factor
+    import statistics
+
+    hyb = [f[k] for k in ("HYBRID_2GPUs", "HYBRID_4GPUs", "HYBRID_8GPUs")]
+    assert cal.factor("HYBRID_16GPUs") == statistics.median(hyb) < 1 and cal.factor("DDP") == cal.ddp_factor
+    assert cal.factor("HYBRID_1GPU") == f["HYBRID_1GPU"]
+    no_hybrids = calibrate([("paper", *c, paper_workload(c[0])) for c in paper_one_node(WEAK_SCALING_CSV)
+                            if not c[1].startswith("HYBRID")], frontier)
+    assert no_hybrids.factor("HYBRID_16GPUs") == 1.0
     # the whole calibration, not only the cells read, is the same from the altered reference
     def cal_from(path):
         return calibrate([("paper", *c, paper_workload(c[0])) for c in paper_one_node(path)], frontier)
@@ -245,12 +385,22 @@ def test_calibration_reads_single_node_cells_only(cfg, frontier, tmp_path):
 
 
 # ----------------------------------------------------------------------------- validation
+def test_fastest_strategy_ties_in_the_paper_count_for_either(cfg):
+    """ViT-5B at 4 nodes: FULL_SHARD and SHARD_GRAD_OP both measured 197 images/s; a predictor that names either
+    names the fastest; one that names a slower strategy does not."""
+    def picking(strategy):
+        base = one_node_times_nodes()
+        return lambda m, s, n: base(m, s, n) * (2 if (m, n, s) == ("vit_5b", 4, strategy) else 1)
+    named = {s: validate(cfg, picking(s)).fastest_named for s in ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_8GPUs")}
+    assert named["FULL_SHARD"] == named["SHARD_GRAD_OP"] == named["HYBRID_8GPUs"] + 1
+
+
 def test_validation_against_the_papers_multi_node_cells(cfg):
     """The scoring reproduces the issue's figures for the naive predictor (1-node figure x nodes: 19 % of the
     fastest strategies, ~3 % median images/s error, ~23 points of efficiency), and the plan's numbers are
-    those the README states: images/s and memory within their targets; FULL_SHARD's collapse at 128 nodes
-    predicted from the published RCCL shortfall; the efficiency at 128 nodes at the 10-point target; the
-    fastest strategy named for about half of the pairs (short of 75 %: README says why)."""
+    those the README states: images/s, memory and the efficiency at 128 nodes within their targets; FULL_SHARD's
+    collapse at 128 nodes predicted from the published RCCL shortfall; the fastest strategy named for at least
+    75 % of the pairs."""
     naive = validate(cfg, one_node_times_nodes())
     assert (naive.fastest_named, naive.fastest_pairs) == (8, 42)
     assert naive.ips_median_abs_err == pytest.approx(0.03, abs=0.005)
@@ -260,8 +410,8 @@ def test_validation_against_the_papers_multi_node_cells(cfg):
     assert len(v.cells) == len(multi) == 217 and v.fastest_pairs == 42
     assert v.ips_median_abs_err <= 0.10
     assert v.memory_median_abs_err <= 0.20
-    assert v.fastest_named >= 2 * naive.fastest_named and v.fastest_named / v.fastest_pairs < 0.75
-    assert v.eff_mean_abs_diff_points < 11 and v.eff_mean_abs_diff_points < naive.eff_mean_abs_diff_points - 10
+    assert v.fastest_named >= 3 * naive.fastest_named and v.fastest_named / v.fastest_pairs >= 0.75
+    assert v.eff_mean_abs_diff_points <= 10 and v.eff_mean_abs_diff_points < naive.eff_mean_abs_diff_points - 10
     eff = {(m, s): (a, b) for m, s, n1, a, b in v.efficiency}
     # FULL_SHARD collapses at 128 nodes in the paper (7-35 % for all but ViT-15B), and in the plan
     for m in ("vit_base", "vit_huge", "vit_1b", "vit_3b", "vit_5b"):
@@ -272,12 +422,22 @@ def test_validation_against_the_papers_multi_node_cells(cfg):
     # following the plan's pick costs little on the paper's own numbers
     import statistics
     assert statistics.median(v.pick_shortfall()) < 0.02 < statistics.median(naive.pick_shortfall())
-    # the sensitivity table: without the published shortfall the efficiency misses by ~20 points again
-    from geofm.perf.plan import ring_slowdown_sensitivity
+    # the sensitivity table: without the published shortfall the efficiency misses by ~15 points again
+    from geofm.perf.plan import overlap_sensitivity, ring_slowdown_sensitivity, structure_steps
     rows = [r.split("|")[1:-1] for r in ring_slowdown_sensitivity(cfg, (1.0, None)).splitlines()[2:]]
     assert [r[0].strip() for r in rows] == ["1", "14.07 (clusters.yaml)"]
     without, with_ = (float(r[2].split()[0]) for r in rows)
-    assert without > 18 and with_ == pytest.approx(v.eff_mean_abs_diff_points, abs=0.05)
+    assert without > 14 and with_ == pytest.approx(v.eff_mean_abs_diff_points, abs=0.05)
+    # with the ideal overlap the fastest strategy is named far less often (the 1-node ties carry on)
+    rows = [r.split("|")[1:-1] for r in overlap_sensitivity(cfg, (1.0, None)).splitlines()[2:]]
+    ideal, measured = (int(r[1].split("/")[0]) for r in rows)
+    assert measured == v.fastest_named and ideal < measured - 4
+    # the structural steps start from the earlier model (10.1 points; 22/42 scored without ties, 23/42 with the
+    # paper's one exact tie, ViT-5B at 4 nodes, counted for either strategy) and end at the plan's
+    rows = [r.split("|")[1:-1] for r in structure_steps(cfg).splitlines()[2:]]
+    assert len(rows) == 7 and rows[0][1].strip() == "23/42" and rows[0][2].strip() == "10.1 points"
+    assert rows[-1][1].strip() == f"{v.fastest_named}/42"
+    assert float(rows[-1][2].split()[0]) == pytest.approx(v.eff_mean_abs_diff_points, abs=0.05)
 
 
 # ----------------------------------------------------------------------------- CLI and DAG

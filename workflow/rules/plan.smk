@@ -4,6 +4,18 @@
 localrules: plan
 
 
+def perf_model_digest():
+    """sha256 (16 hex) of geofm.perf's sources and clusters.yaml: a change of the model or of a cluster's
+    published figures reruns the plan, which its config params alone would not."""
+    from importlib import resources
+
+    h = hashlib.sha256()
+    for f in sorted(resources.files("geofm.perf").iterdir(), key=lambda p: p.name):
+        if f.name.endswith((".py", ".yaml")):
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 rule plan:
     output:
         csv=f"{RES}/plan/plan.csv",
@@ -12,5 +24,6 @@ rule plan:
         f"{RES}/logs/plan.log",
     params:
         cfg=rule_params(config, "plan"),
+        model=perf_model_digest(),
     shell:
         "geofm plan --config {CFG} --out {output.csv} --summary {output.summary} > {log} 2>&1"

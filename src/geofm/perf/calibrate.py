@@ -9,8 +9,10 @@ Free parameters (named, printed by ``geofm plan``):
   the median over models of (the cell's implied efficiency / the model's). It carries what one node shows
   about a strategy beyond the modelled communication: DDP ran 2-2.6x slower than NO_SHARD already on one node
   (``ddp_factor``, the DDP entry), FULL_SHARD and SHARD_GRAD_OP a few % faster than the replicating
-  strategies (they update 1/8 of the optimizer state), HYBRID_4/8GPUs a few % slower. Strategies without a
-  1-node cell (HYBRID_16GPUs needs two nodes) take 1.
+  strategies (they update 1/8 of the optimizer state), HYBRID_2/4/8GPUs a few % slower. A hybrid without a
+  1-node cell (HYBRID_16GPUs needs two nodes) takes the median factor of the hybrids that have one (HYBRID_k,
+  k > 1: the same 2-D mesh code path of FSDP2, reduce-scatter in the shard group and all-reduce across
+  replicas); any other strategy without one, 1.
 
 Sources: the paper's 1-node cells (``frontier_weak_scaling_ips.csv`` rows with nodes = 1, only for the
 Frontier cluster they were measured on) and this project's own 1-node profile results
@@ -30,18 +32,32 @@ from .model import predict
 from .workload import Workload
 
 
+def _is_hybrid(name: str) -> bool:
+    st = parse_strategy(name)
+    return st.kind == "fsdp" and st.shard_size not in (None, 1)
+
+
 @dataclass
 class Calibration:
     default_efficiency: float
     efficiency: dict = field(default_factory=dict)
     strategy_factor: dict = field(default_factory=dict)
     cells: list = field(default_factory=list)  # (source, model, strategy, images/s, implied efficiency)
+    hybrid_family: bool = True  # a hybrid without a 1-node cell takes the hybrids' median (False: 1)
 
     def eff(self, model: str) -> float:
         return self.efficiency.get(model, self.default_efficiency)
 
     def factor(self, strategy: str) -> float:
-        return self.strategy_factor.get(parse_strategy(strategy).name, 1.0)
+        name = parse_strategy(strategy).name
+        if name in self.strategy_factor:
+            return self.strategy_factor[name]
+        family = self.hybrid_factors()
+        return statistics.median(family) if self.hybrid_family and _is_hybrid(name) and family else 1.0
+
+    def hybrid_factors(self) -> list[float]:
+        """The factors of the sharded hybrids (HYBRID_k, k > 1) calibrated on a 1-node cell."""
+        return [f for st, f in self.strategy_factor.items() if _is_hybrid(st)]
 
     @property
     def ddp_factor(self) -> float:
@@ -56,6 +72,9 @@ class Calibration:
             n = sum(1 for c in self.cells if c[2] == st)
             name = "ddp_factor" if st == "DDP" else f"strategy_factor[{st}]"
             lines.append(f"  {name} = {f:.3f}  (compute rate / the model's efficiency; median of {n} 1-node cell(s))")
+        if self.hybrid_family and self.hybrid_factors():
+            lines.append(f"  (a hybrid without a 1-node cell, e.g. HYBRID_16GPUs: the hybrids' median, "
+                         f"{statistics.median(self.hybrid_factors()):.3f}; derived, not a parameter)")
         lines.append(f"  default efficiency (cluster compute_efficiency, models without a 1-node figure) = "
                      f"{self.default_efficiency:.3f}")
         return lines
@@ -64,7 +83,7 @@ class Calibration:
 def implied_efficiency(w: Workload, strategy: str, cluster: Cluster, ips: float, factor: float = 1.0) -> float:
     """The efficiency at which the model predicts ``ips`` images/s on one node (bisection; monotone)."""
     lo, hi = 1e-4, 1.5
-    for _ in range(60):
+    for _ in range(45):  # 1.5 / 2**45: far below any printed digit
         mid = (lo + hi) / 2
         if predict(w, strategy, 1, cluster, mid, factor).images_per_s < ips:
             lo = mid

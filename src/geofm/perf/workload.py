@@ -12,6 +12,37 @@ from dataclasses import dataclass
 from ..models.registry import count_params, get_spec, num_patches
 from ..train import flops
 
+# What a run uses for a key its config leaves out where the schema declares no default: the trainer's own
+# (geofm.train.pretrain.TrainConfig, which imports torch; the planner must not) and, for a profile cell's
+# per-device batch, warm-up and timed steps and ranks per node, geofm profile's. Where the schema declares a
+# default, geofm.config fills it at load and these are not reached. tests/perf keeps them equal to
+# TrainConfig's fields and to the schema's defaults.
+RUNNER_DEFAULTS = {
+    "pretrain": {"mask_ratio": 0.75, "decoder_dim": 512, "decoder_depth": 8, "precision": "bf16",
+                 "activation_checkpointing": 0, "backward_prefetch": 1, "batch_size": 64, "steps": 100,
+                 "strategy": "NO_SHARD", "nodes": 1, "procs_per_node": 1},
+    "profile": {"batch_size": 8, "warmup_steps": 2, "steps": 5, "procs_per_node": 1},
+}
+# a profile cell trains with the pretrain section's settings under the profile section's own (geofm profile)
+PROFILE_FROM_PRETRAIN = ("precision", "activation_checkpointing", "backward_prefetch")
+
+
+def run_setting(cfg: dict, section: str, key: str, model: str | None = None):
+    """``key`` of a ``section`` ("profile" or "pretrain") run as the run resolves it: the section's value
+    (pretrain: ``pretrain.per_model.<model>`` over the section, where ``model`` is given); for a profile cell's
+    training settings the pretrain section's next; then the schema's default (geofm.config fills it at load;
+    a hand-built dict gets it here); last the runner's own (``RUNNER_DEFAULTS``)."""
+    from ..config import pretrain_settings, section_defaults
+
+    sec = pretrain_settings(cfg, model) if section == "pretrain" and model and "pretrain" in cfg \
+        else (cfg.get(section) or {})
+    if key in sec:
+        return sec[key]
+    if section == "profile" and key in PROFILE_FROM_PRETRAIN:
+        return run_setting(cfg, "pretrain", key)
+    dflt = section_defaults(section)
+    return dflt[key] if key in dflt else RUNNER_DEFAULTS[section][key]
+
 
 @dataclass(frozen=True)
 class Unit:
@@ -35,18 +66,35 @@ class Workload:
     precision: str = "bf16"
     activation_checkpointing: int = 1
     backward_prefetch: int = 1
+    # DDP's gradient bucket (torch.nn.parallel.DistributedDataParallel's default bucket_cap_mb = 25 MiB, which
+    # geofm.distributed.parallelize keeps): one all-reduce per bucket
+    ddp_bucket_mb: float = 25.0
+    # the FSDP API the run uses: "fsdp2" (``fully_shard``, geofm.distributed.parallelize: this project's runs) or
+    # "fsdp1" (``FullyShardedDataParallel``: the paper's runs, whose prefetch study sets BackwardPrefetch
+    # BACKWARD_PRE/BACKWARD_POST and limit_all_gathers, arguments only FSDP1 has). They differ for a hybrid
+    # with a 1-rank shard group (geofm.perf.model)
+    fsdp_api: str = "fsdp2"
+
+    def __post_init__(self):
+        if self.fsdp_api not in ("fsdp1", "fsdp2"):
+            raise ValueError(f"Workload.fsdp_api: 'fsdp1' or 'fsdp2'; got {self.fsdp_api!r}")
 
     @classmethod
     def from_config(cls, cfg: dict, model: str, section: str = "profile", **over) -> "Workload":
-        pr, pt = cfg.get(section, {}), cfg.get("pretrain", {})
-        d = dict(model=model, image_size=cfg.get("image_size", 224),
-                 mask_ratio=pt.get("mask_ratio", 0.75), decoder_dim=pt.get("decoder_dim", 512),
-                 decoder_depth=pt.get("decoder_depth", 8),
-                 batch_per_gpu=pr.get("batch_size", 32) if section == "profile" else
-                 max(1, pt.get("batch_size", 32) // max(1, pt.get("nodes", 1) * pt.get("procs_per_node", 1))),
-                 precision=pr.get("precision", "bf16"),
-                 activation_checkpointing=pr.get("activation_checkpointing", 0),
-                 backward_prefetch=pr.get("backward_prefetch", 1))
+        """A profile cell (``section`` = "profile": per-device batch ``profile.batch_size``) or a pretraining run
+        (``"pretrain"``: the global ``pretrain.batch_size`` over its ranks) of ``model``, each key resolved as
+        that run resolves it (``run_setting``)."""
+        def get(key, sec=section):
+            return run_setting(cfg, sec, key)
+
+        if section == "profile":
+            batch = get("batch_size")
+        else:
+            batch = max(1, get("batch_size") // max(1, get("nodes") * get("procs_per_node")))
+        d = dict(model=model, image_size=cfg["image_size"], mask_ratio=get("mask_ratio", "pretrain"),
+                 decoder_dim=get("decoder_dim", "pretrain"), decoder_depth=get("decoder_depth", "pretrain"),
+                 batch_per_gpu=batch, precision=get("precision"),
+                 activation_checkpointing=get("activation_checkpointing"), backward_prefetch=get("backward_prefetch"))
         d.update(over)
         return cls(**d)
 
