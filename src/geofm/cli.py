@@ -124,7 +124,8 @@ def cmd_profile(args, cfg, argv):
     nprocs = args.nodes * pr.get("procs_per_node", 1)
     if nprocs > 1 and not _in_distributed_env():
         return _relaunch(nprocs, argv)
-    from .profile.throughput import profile_run, write_json
+    from .common.io import write_json
+    from .profile.throughput import profile_run
 
     ds = cfg["pretrain_dataset"]
     real = eff.get("data", "synthetic") == "real"
@@ -144,7 +145,7 @@ def cmd_profile(args, cfg, argv):
                       variant=variant, variant_settings=own)
     if detect().rank == 0:
         rec["provenance"] = provenance(digest(rule_params(cfg, "profile", model=args.model, variant=variant)))
-        write_json(rec, args.out)
+        write_json(args.out, rec)
         print(json.dumps({k: rec.get(k) for k in ("model", "strategy", "nodes", "variant", "status", "images_per_s",
                                                   "mfu", "comm_share")}))
     return 0
@@ -335,13 +336,9 @@ def cmd_plan(args, cfg):
                                  "images_per_s_median_abs_err": v.ips_median_abs_err,
                                  "memory_median_abs_err": v.memory_median_abs_err}
     if args.summary:
-        from pathlib import Path as _P
+        from .common.io import write_json
 
-        p = _P(args.summary)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(p.suffix + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2, default=str))
-        os.replace(tmp, p)
+        write_json(args.summary, summary, default=str)
     if args.out:
         print(f"wrote {args.out}")
 

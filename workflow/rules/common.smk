@@ -2,12 +2,11 @@
 import hashlib
 import math
 import json
-import os
-import socket
 from pathlib import Path
 
 import yaml
 
+from geofm.common.io import write_text
 from geofm.config import evaluate_settings, pretrain_settings, rule_params
 from geofm.schedule import TILE_RETRIES, profile_bundles
 
@@ -41,12 +40,8 @@ def effective_config() -> str:
     text = yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     path = Path(".snakemake") / "geofm" / f"config-{digest}.yaml"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Slurm jobs re-parse the Snakefile in the same directory, possibly on several nodes at once
-        tmp = path.with_suffix(f".tmp-{socket.gethostname()}-{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    if not path.exists():  # Slurm jobs re-parse the Snakefile in the same directory, possibly on several nodes at once
+        write_text(path, text)
     return str(path)
 
 

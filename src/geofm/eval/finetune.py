@@ -23,17 +23,17 @@ or statistics are per rank), W ranks follow the 1-rank run up to float reduction
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
 from geofm.data.augment import CROP_PCT, eval_batch, train_batch
-from geofm.eval.linprobe import lr_at
+from geofm.common.lr import warmup_cosine
+from geofm.common.ranks import rank_world
+from geofm.common.seeding import torch_generator
 
 
 @dataclass
@@ -132,11 +132,6 @@ def param_groups_lrd(model: nn.Module, weight_decay: float, layer_decay: float, 
     return [groups[k] for k in sorted(groups)]
 
 
-def _gen(*keys) -> torch.Generator:
-    h = hashlib.sha256(repr(tuple(int(k) for k in keys)).encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
-
-
 def augment_global(x: torch.Tensor, n_global: int, rows: slice, image_size: int, gen: torch.Generator,
                    scale=(0.2, 1.0)) -> torch.Tensor:
     """MAE's random-resized-crop + flip for rows ``rows`` of a global batch of ``n_global``: the crop boxes
@@ -156,12 +151,6 @@ def soft_targets(labels: torch.Tensor, n_classes: int, smoothing: float) -> torc
     return t
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def finetune(encoder: nn.Module, images_uint8: torch.Tensor, labels, n_classes: int, mean: Sequence[float],
              std: Sequence[float], image_size: int, cfg: FinetuneConfig, *,
              device: str | torch.device = "cpu", log=None) -> tuple[nn.Module, list[dict]]:
@@ -171,7 +160,7 @@ def finetune(encoder: nn.Module, images_uint8: torch.Tensor, labels, n_classes: 
     from geofm.distributed.parallelize import apply_activation_checkpointing, parallelize, parse_strategy
 
     device = torch.device(device)
-    rank, world = _world()
+    rank, world = rank_world()
     images = torch.as_tensor(images_uint8)
     labels = torch.as_tensor(labels).long()
     n = images.shape[0]
@@ -206,16 +195,16 @@ def finetune(encoder: nn.Module, images_uint8: torch.Tensor, labels, n_classes: 
     it = 0
     model.train()
     for epoch in range(int(cfg.epochs)):
-        perm = torch.randperm(n, generator=_gen(cfg.seed, 1, epoch))
+        perm = torch.randperm(n, generator=torch_generator(int(cfg.seed), 1, epoch))
         ep_loss, ep_correct, ep_seen = 0.0, 0, 0
         for b in range(steps_per_epoch):
-            lr = lr_at(it, total, warm, peak, cfg.min_lr)
+            lr = warmup_cosine(it, total, warm, peak, cfg.min_lr)
             for g in opt.param_groups:
                 g["lr"] = lr * g["lr_scale"]
             idx = perm[b * bs:(b + 1) * bs][rows]
             x, y = images[idx], labels[idx]
             if cfg.augment:  # the training view of the one preprocessing path (geofm.data.augment)
-                x = train_batch(x, image_size, mean, std, _gen(cfg.seed, 2, epoch, b), cfg.crop_scale,
+                x = train_batch(x, image_size, mean, std, torch_generator(int(cfg.seed), 2, epoch, b), cfg.crop_scale,
                                 rows=rows, n_global=bs)
             else:
                 x = eval_batch(x, image_size, mean, std, cfg.crop_pct)

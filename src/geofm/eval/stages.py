@@ -44,7 +44,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -57,7 +56,6 @@ from geofm.eval.metrics import summarize
 from geofm.provenance import provenance
 
 PROTOCOLS = ("linprobe", "knn", "finetune")
-IMPLEMENTED = ("linprobe", "knn", "finetune")
 
 
 class EvalError(Exception):
@@ -187,7 +185,7 @@ def _augmented_features(encoder, images, mean, std, image_size: int, chunk: int,
     of the one preprocessing path) and runs the frozen encoder on them in chunks of ``chunk`` images, so a probe
     batch of any size fits. Every rank computes the same (seeded) features."""
     from geofm.data.augment import train_batch
-    from geofm.eval.finetune import _gen
+    from geofm.common.seeding import torch_generator
 
     def forward(x):
         return encoder.forward_features(x) if pool == "mean" else encoder.forward_features(x, pool=pool)
@@ -196,7 +194,7 @@ def _augmented_features(encoder, images, mean, std, image_size: int, chunk: int,
     def features_of(idx, epoch: int, batch: int) -> torch.Tensor:
         was = encoder.training
         encoder.eval()
-        gen = _gen(seed, 5, epoch, batch)
+        gen = torch_generator(int(seed), 5, int(epoch), int(batch))
         out = []
         try:
             for i in range(0, len(idx), chunk):
@@ -252,10 +250,6 @@ def run_evaluate(cfg: dict, protocol: str, model: str, dataset: str, encoder_pat
     ratio (stratified, seeded) instead of using the tiles' own train/test split."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown evaluation protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
-    if protocol not in IMPLEMENTED:
-        raise NotImplementedError(
-            f"evaluation protocol {protocol!r} is not implemented yet; use one of {', '.join(IMPLEMENTED)} "
-            "(remove it from evaluate.protocols in the config)")
     encoder_path, out_json = Path(encoder_path), Path(out_json)
     if not encoder_path.is_file():
         raise FileNotFoundError(f"encoder checkpoint {encoder_path} does not exist (run pretraining for "
@@ -322,9 +316,10 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
         "random_init": (f"init-seed{seed}", tiles_id),
     }
 
-    from geofm.eval.features import _world, shard_encoder
+    from geofm.common.ranks import rank_world
+    from geofm.eval.features import shard_encoder
 
-    rank, world = _world()
+    rank, world = rank_world()
     shard = bool(ev.get("shard_encoder", False)) and world > 1
     record: dict = {"protocol": protocol, "model": model, "dataset": dataset}
     confusion = None
@@ -389,7 +384,7 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
         return record
 
     from geofm.plots.confusion import write_confusion
-    from geofm.plots.io import write_json
+    from geofm.common.io import write_json
 
     stem = out_json.name[:-len(".json")] if out_json.name.endswith(".json") else out_json.stem
     write_confusion(np.asarray(confusion), classes, out_json.with_name(f"{stem}.confusion.csv"),
@@ -398,9 +393,3 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
     write_json(out_json, record)  # last: the rule's main output appears only when all else is there
     return record
 
-
-def confusion_paths(out_json) -> Sequence[Path]:
-    """The side outputs of :func:`run_evaluate` for a given JSON path."""
-    out_json = Path(out_json)
-    stem = out_json.name[:-len(".json")] if out_json.name.endswith(".json") else out_json.stem
-    return out_json.with_name(f"{stem}.confusion.csv"), out_json.with_name(f"{stem}.confusion.png")

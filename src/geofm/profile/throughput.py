@@ -19,11 +19,9 @@ section's own settings): the record carries the variant's name, its overrides an
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -288,10 +286,3 @@ def profile_run(cfg: TrainConfig, nodes: int, warmup_steps: int, steps: int, dev
     launch.shutdown()
     return out
 
-
-def write_json(record: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)

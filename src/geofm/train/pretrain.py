@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..common.io import atomic_path, save_torch, write_json, write_text
+from ..common.lr import warmup_cosine
 from ..distributed import checkpoint as ckpt
 from ..distributed import launch
 from ..distributed.walltime import StopRequest, WalltimeStop, ignore_in_worker
@@ -71,7 +71,6 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     fail_at_step: int = -1  # testing aid: inject a NaN loss at this step
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -83,13 +82,6 @@ class TrainConfig:
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         return cls(**d)
-
-
-def lr_at(cfg: TrainConfig, step: int) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
-    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float):
@@ -138,10 +130,6 @@ def step_options(cfg: TrainConfig, autocast: bool) -> StepOptions:
                        autocast=autocast)
 
 
-def _mae(model):
-    return model.module if hasattr(model, "module") else model
-
-
 def _trim_metrics(path: Path, last_step: int) -> None:
     if not path.exists():
         return
@@ -152,9 +140,7 @@ def _trim_metrics(path: Path, last_step: int) -> None:
                 keep.append(ln)
         except ValueError:
             continue
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
-    os.replace(tmp, path)
+    write_text(path, "".join(ln + "\n" for ln in keep))
 
 
 def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
@@ -205,7 +191,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     loss_val = float("nan")
     step_times: list[float] = []
     for step, x in zip(range(start, cfg.steps), loader):
-        lr = lr_at(cfg, step)
+        lr = warmup_cosine(step, cfg.steps, cfg.warmup_steps, cfg.lr, cfg.min_lr)
         for g in opt.param_groups:
             g["lr"] = lr
         x = x.to(device, non_blocking=True)
@@ -261,14 +247,9 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         if not data.synthetic:  # evaluation normalises with the pretraining set's statistics
             meta["norm"] = {"mean": [float(v) for v in data.ds.stats["mean"]],
                             "std": [float(v) for v in data.ds.stats["std"]], "tiles": str(cfg.data)}
-        tmp = out_dir / "encoder.pt.tmp"
-        torch.save({"meta": meta, "state_dict": enc}, tmp)
-        os.replace(tmp, out_dir / "encoder.pt")
-        tmp = out_dir / "metrics.jsonl.tmp"
-        shutil.copyfile(metrics_path, tmp)
-        os.replace(tmp, out_dir / "metrics.jsonl")
-        tmp = out_dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, out_dir / "summary.json")
+        save_torch(out_dir / "encoder.pt", {"meta": meta, "state_dict": enc})
+        with atomic_path(out_dir / "metrics.jsonl") as tmp:
+            shutil.copyfile(metrics_path, tmp)
+        write_json(out_dir / "summary.json", summary, newline=False)
     launch.shutdown()
     return summary
