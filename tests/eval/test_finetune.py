@@ -84,7 +84,7 @@ def test_run_evaluate_finetune(tmp_path):
     assert on_disk["protocol"] == "finetune" and on_disk["checkpoint_step"] == 9
     from geofm.config import section_defaults
 
-    assert on_disk["config"] == {**section_defaults("evaluate"), **ev}
+    assert on_disk["config"] == {**section_defaults("evaluate"), **ev, "image_size": 16, "finetune_batch_size": 8}
     s = on_disk["settings"]
     assert s["layer_decay"] == 0.8 and s["pool"] == "cls" and s["epochs"] == 8
     for which in ("pretrained", "random_init"):

@@ -30,33 +30,67 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from geofm.data.augment import CROP_PCT, eval_batch, train_batch
+from geofm.config import complete_section
+from geofm.data.augment import eval_batch, train_batch
 from geofm.common.lr import warmup_cosine
 from geofm.common.ranks import rank_world
 from geofm.common.seeding import torch_generator
 
 
+# FinetuneConfig field -> the evaluate key it comes from; the defaults are the schema's (geofm.config)
+EVALUATE_KEYS = {"epochs": "finetune_epochs", "batch_size": "finetune_batch_size", "base_lr": "finetune_lr",
+                 "weight_decay": "finetune_weight_decay", "layer_decay": "layer_decay", "drop_path": "drop_path",
+                 "label_smoothing": "label_smoothing", "mixup": "mixup", "warmup_epochs": "finetune_warmup_epochs",
+                 "augment": "finetune_augment", "crop_scale": "finetune_crop_scale", "crop_pct": "crop_pct",
+                 "pool": "pool", "head_norm": "finetune_head_norm", "strategy": "finetune_strategy",
+                 "precision": "finetune_precision", "activation_checkpointing": "finetune_activation_checkpointing"}
+_DEFAULTS = complete_section({}, "evaluate")
+
+
+def _default(field_name: str):
+    value = _DEFAULTS[EVALUATE_KEYS[field_name]]
+    return tuple(value) if isinstance(value, list) else value
+
+
 @dataclass
 class FinetuneConfig:
-    epochs: int = 50
-    batch_size: int = 64  # global
-    base_lr: float = 5e-4  # MAE's blr; absolute lr = base_lr * batch / 256
-    weight_decay: float = 0.05
-    layer_decay: float = 0.75
-    drop_path: float = 0.1
-    label_smoothing: float = 0.1
-    mixup: float = 0.0  # Beta(a, a) parameter; 0 = off
-    warmup_epochs: float | None = None  # default: 10 % of the epochs
-    min_lr: float = 1e-6
-    augment: bool = True
-    crop_scale: tuple = (0.2, 1.0)
-    crop_pct: float = CROP_PCT  # without augmentation: MAE's test transform (resize, centre crop)
-    pool: str = "mean"
-    head_norm: str = "layernorm"  # layernorm | batchnorm
-    strategy: str = "FULL_SHARD"  # used when world size > 1
-    precision: str = "fp32"  # fp32 | bf16 (FSDP2 mixed precision when sharded, autocast otherwise)
-    activation_checkpointing: int = 0  # checkpoint every n-th encoder block (0 = off): large models
+    """Fine-tuning settings; each default is the schema's value of the ``evaluate`` key in
+    :data:`EVALUATE_KEYS` (e.g. ``base_lr`` = ``finetune_lr``: MAE's blr, absolute lr = base_lr * batch / 256;
+    ``warmup_epochs`` None = 10 % of the epochs; ``strategy`` applies when the world size is > 1)."""
+    epochs: int = _default("epochs")
+    batch_size: int = _default("batch_size")  # global
+    base_lr: float = _default("base_lr")
+    weight_decay: float = _default("weight_decay")
+    layer_decay: float = _default("layer_decay")
+    drop_path: float = _default("drop_path")
+    label_smoothing: float = _default("label_smoothing")
+    mixup: float = _default("mixup")
+    warmup_epochs: float | None = _default("warmup_epochs")
+    min_lr: float = 1e-6  # not a setting: the floor of the cosine
+    augment: bool = _default("augment")
+    crop_scale: tuple = _default("crop_scale")
+    crop_pct: float = _default("crop_pct")
+    pool: str = _default("pool")
+    head_norm: str = _default("head_norm")
+    strategy: str = _default("strategy")
+    precision: str = _default("precision")
+    activation_checkpointing: int = _default("activation_checkpointing")
     seed: int = 0
+
+    @classmethod
+    def from_evaluate(cls, ev: dict, seed: int) -> "FinetuneConfig":
+        """From a filled ``evaluate`` section (:func:`geofm.config.complete_section`)."""
+        kw = {f: ev[k] for f, k in EVALUATE_KEYS.items()}
+        for f in ("epochs", "batch_size", "activation_checkpointing"):
+            kw[f] = int(kw[f])
+        for f in ("base_lr", "weight_decay", "layer_decay", "drop_path", "label_smoothing", "mixup", "crop_pct"):
+            kw[f] = float(kw[f])
+        for f in ("pool", "head_norm", "strategy", "precision"):
+            kw[f] = str(kw[f])
+        kw["augment"] = bool(kw["augment"])
+        kw["crop_scale"] = tuple(float(v) for v in kw["crop_scale"])
+        kw["warmup_epochs"] = None if kw["warmup_epochs"] is None else float(kw["warmup_epochs"])
+        return cls(**kw, seed=seed)
 
 
 class Classifier(nn.Module):
