@@ -11,29 +11,26 @@ fits the protocol's classifier on the train features, scores the test features a
 
 all atomically, beside each other.
 
-Config (``cfg["evaluate"]``; the defaults live in the schema and are MAE's linear probe, He et al. 2022
-appendix A.2 / facebookresearch/mae ``main_linprobe.py``): ``pool`` (cls | mean) [cls], ``linprobe_solver``
-(lars | sgd | logreg) [lars], ``linprobe_lr`` (base lr, × batch/256) [0.1], ``linprobe_epochs`` [90],
-``linprobe_warmup_epochs`` [10], ``linprobe_weight_decay`` [0], ``linprobe_batch_size`` [16384, capped at the
-training images], ``linprobe_augment`` [true: every batch a new random-resized crop (``linprobe_crop_scale``
-[0.08, 1], bicubic) + flip through the frozen encoder; false: cached features of the test transform],
-``crop_pct`` [0.875: test images resized to ``image_size / crop_pct`` then centre-cropped], ``logreg_l2``
-[1e-4], ``batch_size`` (images per encoder forward) [256], ``knn_k`` [20], ``knn_temperature`` [0.07],
-``image_size`` [top-level ``image_size``, else the encoder's], ``device`` [top-level ``device``; ``auto`` =
-cuda if available], ``feature_cache`` [true: features under ``{results}/eval/features/``],
-``shard_encoder`` [false: with >1 rank, shard the frozen encoder with FSDP2 instead of a copy per rank].
+Config: the ``evaluate`` section (its keys and defaults live in ``geofm/config.schema.yaml`` only; the
+default is MAE's linear probe, He et al. 2022 appendix A.2 / facebookresearch/mae ``main_linprobe.py``):
+``pool`` (cls | mean), ``linprobe_*`` (solver lars | sgd | logreg, base lr x batch/256, epochs, warm-up, batch,
+``linprobe_augment``: a new random-resized crop + flip of every training image per batch through the frozen
+encoder, else cached features of the test transform), ``crop_pct`` (test images resized to
+``image_size / crop_pct`` then centre-cropped), ``logreg_l2``, ``batch_size`` (images per encoder forward),
+``knn_k`` / ``knn_temperature``, ``image_size`` and ``device`` (by default the top-level ones),
+``feature_cache`` (features under ``{results}/eval/features/``), ``shard_encoder`` (with >1 rank, shard the
+frozen encoder with FSDP2 instead of a copy per rank). :func:`run_evaluate` completes a hand-built section with
+the same defaults (:func:`geofm.config.complete_section`).
 
 Inputs are normalised with the pretraining set's statistics (``encoder.pt`` meta ``norm``), through the one
 preprocessing path of :mod:`geofm.data.augment`. With ``train_ratio`` (a dataset's ``train_ratios`` in the
 config; output ``{dataset}.tr<percent>.json``) the labelled tiles are re-split, stratified and seeded, at that
 ratio; otherwise the tiles' own split is used.
 
-``finetune`` (see :mod:`geofm.eval.finetune`): ``finetune_epochs`` [50], ``finetune_batch_size``
-[``batch_size``], ``finetune_lr`` (base lr, × batch/256) [5e-4], ``finetune_weight_decay`` [0.05], ``finetune_warmup_epochs`` [10 %], ``layer_decay``
-[0.75], ``drop_path`` [0.1], ``label_smoothing`` [0.1], ``mixup`` (Beta parameter, 0 = off) [0],
-``finetune_augment`` [true], ``finetune_crop_scale`` [[0.2, 1.0]], ``finetune_head_norm`` (layernorm |
-batchnorm) [layernorm], ``finetune_strategy`` [FULL_SHARD], ``finetune_precision`` [fp32]. The
-pretrained encoder and its random-init twin are both fine-tuned with the same settings and seed.
+``finetune`` (see :mod:`geofm.eval.finetune`): the ``finetune_*`` keys, ``layer_decay``, ``drop_path``,
+``label_smoothing`` and ``mixup`` (:data:`geofm.eval.finetune.EVALUATE_KEYS` maps them onto
+:class:`~geofm.eval.finetune.FinetuneConfig`). The pretrained encoder and its random-init twin are both
+fine-tuned with the same settings and seed.
 
 Several processes (torchrun / srun, detected by :func:`geofm.distributed.launch.detect`): the process
 group is initialised here if needed, features are extracted by all ranks (each its slice, all-gathered),

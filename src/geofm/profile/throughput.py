@@ -26,7 +26,6 @@ import time
 import torch
 import torch.distributed as dist
 
-from ..config import PROFILE_VARIANT_KEYS
 from ..distributed import launch
 from ..models.registry import count_params, display_name, num_patches
 from ..perf import memory
@@ -36,7 +35,6 @@ from ..train.batches import StepBatches, mask_noise
 from ..train.pretrain import TrainConfig, build_model, param_groups, step_options
 from ..train.step import PhaseTimer, train_step
 
-VARIANT_KEYS = PROFILE_VARIANT_KEYS
 # collective names, compared with underscores removed ("all_gather" and c10d's "allgather" alike)
 COLLECTIVES = ("allgather", "reducescatter", "allreduce", "broadcast")
 STEP_RANGE = "geofm::profiled_step"
