@@ -9,7 +9,6 @@ file present. The bundle's exit status is non-zero only when a cell left no outp
 """
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
@@ -18,6 +17,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .common.io import write_json
 
 
 @dataclass
@@ -37,11 +38,7 @@ def _tail(path: Path, n: int = 6) -> str:
 
 
 def write_failed(out: str | os.PathLike, record: dict, reason: str) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({**record, "status": f"failed: {reason}"}, indent=2))
-    os.replace(tmp, out)
+    write_json(out, {**record, "status": f"failed: {reason}"})
 
 
 def _stop(proc: subprocess.Popen, grace_s: float = 30.0) -> None:

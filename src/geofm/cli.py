@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import ConfigError, digest, load_config, rule_params
+from .config import PROFILE_VARIANT_KEYS, ConfigError, digest, load_config, rule_params
 from .provenance import provenance
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,10 +51,7 @@ def _relaunch(nprocs: int, argv: list[str]) -> int:
 def _train_config(cfg: dict, model: str, data: str, section: dict, **over) -> "TrainConfig":
     from .train.pretrain import TrainConfig
 
-    d = {k: v for k, v in section.items() if k not in ("nodes", "procs_per_node", "runtime_min", "protect", "models",
-                                                        "strategies", "device_memory_gb", "warmup_steps_profile",
-                                                        "retries", "expected_mfu", "device_peak_tflops",
-                                                        "per_model")}
+    d = {k: v for k, v in section.items() if k not in TrainConfig.NOT_TRAINING}
     d.update(over)
     return TrainConfig.from_dict({**d, "model": model, "image_size": cfg["image_size"], "data": data,
                                   "seed": cfg["seed"], "device": cfg["device"]})
@@ -85,7 +82,7 @@ def cmd_pretrain(args, cfg, argv):
     from .config import pretrain_settings
 
     p = pretrain_settings(cfg, args.model)
-    nprocs = args.nprocs or p.get("nodes", 1) * p.get("procs_per_node", 1)
+    nprocs = args.nprocs or p["nodes"] * p["procs_per_node"]
     if nprocs > 1 and not _in_distributed_env():
         return _relaunch(nprocs, argv)
     from .train.pretrain import WalltimeStop, train
@@ -101,50 +98,40 @@ def cmd_pretrain(args, cfg, argv):
     return 0
 
 
-def profile_settings(pr: dict, variant: str) -> tuple[dict, dict]:
-    """(effective profile settings, the variant's own overrides) for ``variant`` (``base``: none)."""
-    from .config import PROFILE_VARIANT_KEYS as VARIANT_KEYS
-
-    variants = pr.get("variants") or {}
-    if variant != "base" and variant not in variants:
-        raise ValueError(f"unknown profile variant {variant!r} (profile.variants: {', '.join(variants) or 'none'})")
-    own = {k: v for k, v in (variants.get(variant) or {}).items() if k in VARIANT_KEYS}
-    return {**pr, **own}, own
-
-
 def cmd_profile(args, cfg, argv):
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiled step: no Kineto start/stop chatter in the log
-    pr = cfg["profile"]
+    from .config import profile_effective
+
     variant = args.variant or "base"
     try:
-        eff, own = profile_settings(pr, variant)
+        cell = profile_effective(cfg, variant)
     except ValueError as exc:
         print(f"geofm profile: error: {exc}", file=sys.stderr)
         return 2
-    nprocs = args.nodes * pr.get("procs_per_node", 1)
+    eff = cell["profile"]  # the profile section under the variant's overrides
+    nprocs = args.nodes * eff["procs_per_node"]
     if nprocs > 1 and not _in_distributed_env():
         return _relaunch(nprocs, argv)
-    from .profile.throughput import profile_run, write_json
+    from .common.io import write_json
+    from .profile.throughput import profile_run
 
     ds = cfg["pretrain_dataset"]
-    real = eff.get("data", "synthetic") == "real"
+    real = eff["data"] == "real"
     data = str(Path(cfg["results"]) / "tiles" / ds) if real else "synthetic"
     from .distributed.launch import detect
 
     world = detect().world_size
-    over = {k: eff[k] for k in ("precision", "activation_checkpointing", "compile", "backward_prefetch",
-                                "forward_prefetch") if k in eff}
+    over = {k: eff[k] for k in PROFILE_VARIANT_KEYS if k != "data"}  # a cell's step settings (schema)
     if real:
         over["in_chans"] = _in_chans(cfg, ds)
     p = dict(cfg["pretrain"])
     p.pop("strategy", None)
-    tc = _train_config(cfg, args.model, data, p, strategy=args.strategy,
-                       batch_size=pr.get("batch_size", 8) * world, **over)
-    rec = profile_run(tc, args.nodes, pr.get("warmup_steps", 2), pr.get("steps", 5), pr.get("device_memory_gb"),
-                      variant=variant, variant_settings=own)
+    tc = _train_config(cfg, args.model, data, p, strategy=args.strategy, batch_size=eff["batch_size"] * world, **over)
+    rec = profile_run(tc, args.nodes, eff["warmup_steps"], eff["steps"], eff["device_memory_gb"],
+                      variant=variant, variant_settings=cell["own"])
     if detect().rank == 0:
         rec["provenance"] = provenance(digest(rule_params(cfg, "profile", model=args.model, variant=variant)))
-        write_json(rec, args.out)
+        write_json(args.out, rec)
         print(json.dumps({k: rec.get(k) for k in ("model", "strategy", "nodes", "variant", "status", "images_per_s",
                                                   "mfu", "comm_share")}))
     return 0
@@ -183,7 +170,7 @@ def cmd_profile_bundle(args, cfg):
              str(c.nodes), "--variant", variant, "--out", out],
             out, str(res / "logs" / "profile" / c.model / c.strategy / f"{c.nodes}n{c.variant}.log"),
             {"model": c.model, "strategy": c.strategy, "nodes": c.nodes, "variant": variant}))
-    done = run_bundle(cells, args.launch or "", cfg["profile"].get("runtime_min", 10) * 60)
+    done = run_bundle(cells, args.launch or "", cfg["profile"]["runtime_min"] * 60)
     return 0 if all(Path(o).exists() for o in done) else 1
 
 
@@ -199,7 +186,7 @@ def cmd_evaluate_bundle(args, cfg):
     for proto in cfg["evaluate"]["protocols"]:
         for ds in cfg["eval_datasets"]:
             # the tiles' own split, or one evaluation per datasets.<D>.train_ratios ({D}.tr<percent>.json)
-            for ratio in cfg["datasets"][ds].get("train_ratios") or [None]:
+            for ratio in cfg["datasets"][ds]["train_ratios"] or [None]:
                 stem = ds if ratio is None else f"{ds}.{ratio_tag(ratio)}"
                 out = str(res / "eval" / proto / args.model / f"{stem}.json")
                 extra = [] if ratio is None else ["--train-ratio", str(float(ratio))]
@@ -308,13 +295,13 @@ def cmd_plan(args, cfg):
     print("\n".join(cal.describe()))
     print("\n".join(cluster.describe_comm()))
     print(f"profile grid: {len(rows)} cells, {len(ok)} feasible, {len(rows) - len(ok)} impossible; "
-          f"predicted {grid_nh:,.1f} node-hours (feasible cells, {cfg['profile'].get('warmup_steps', 5)} + "
-          f"{cfg['profile'].get('steps', 20)} + 1 steps each plus the job overhead)")
+          f"predicted {grid_nh:,.1f} node-hours (feasible cells, {cfg['profile']['warmup_steps']} + "
+          f"{cfg['profile']['steps']} + 1 steps each plus the job overhead)")
     pt = cfg["pretrain"]
     for m, v in pre.items():
         nh = f"{v['node_hours']:,.1f} node-hours ({v['images_per_s']:,.0f} img/s)" if v["node_hours"] is not None \
             else v["status"]
-        print(f"pretrain {m}: {pt['strategy']} on {v['nodes']} nodes, {pt.get('steps', 0)} steps: {nh}")
+        print(f"pretrain {m}: {pt['strategy']} on {v['nodes']} nodes, {pt['steps']} steps: {nh}")
     print(f"study: {grid_nh + pre_nh:,.1f} node-hours (profile grid {grid_nh:,.1f} + pretraining {pre_nh:,.1f})")
     summary = {"cluster": cluster.name, "cells": len(rows), "feasible": len(ok),
                "impossible": [f"{r['model']}/{r['strategy']}/{r['nodes']}n: {r['status']}" for r in rows if not r["fits"]],
@@ -335,13 +322,9 @@ def cmd_plan(args, cfg):
                                  "images_per_s_median_abs_err": v.ips_median_abs_err,
                                  "memory_median_abs_err": v.memory_median_abs_err}
     if args.summary:
-        from pathlib import Path as _P
+        from .common.io import write_json
 
-        p = _P(args.summary)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(p.suffix + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2, default=str))
-        os.replace(tmp, p)
+        write_json(args.summary, summary, default=str)
     if args.out:
         print(f"wrote {args.out}")
 

@@ -16,12 +16,6 @@ from pathlib import Path
 import yaml
 
 
-# the settings a profile variant may override (profile.variants.<name>.<key>); the rest of a variant's keys
-# (models, strategies, nodes, description) say where it runs
-PROFILE_VARIANT_KEYS = ("backward_prefetch", "forward_prefetch", "compile", "activation_checkpointing", "data",
-                        "precision")
-
-
 class ConfigError(ValueError):
     pass
 
@@ -36,13 +30,79 @@ def schema() -> dict:
     return yaml.safe_load(schema_path().read_text())
 
 
-def _fill_defaults(node: dict, sch: dict) -> None:
-    """Schema defaults, also inside sections (``pretrain.retries``, ``scheduler.tile_nodes``, ...)."""
+
+_ABSENT = object()
+
+
+def _lookup(cfg: dict, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _ABSENT
+        node = node[part]
+    return node
+
+
+def _walk_defaults(node: dict, sch: dict, visit) -> None:
+    """Call ``visit(node, key, subschema)`` for every key the schema describes under ``node``: its properties,
+    each entry of a mapping whose entries share one object schema (``datasets.<name>``), recursively. The
+    override mappings (``per_model``, ``variants``: additionalProperties without their own defaults) are walked
+    too, which is harmless because they have none (a unit test keeps it so)."""
     for key, sub in sch.get("properties", {}).items():
-        if "default" in sub and key not in node:
+        visit(node, key, sub)
+        val = node.get(key)
+        if isinstance(val, dict):
+            _walk_defaults(val, sub, visit)
+    extra = sch.get("additionalProperties")
+    if isinstance(extra, dict) and extra.get("properties"):
+        for val in node.values():
+            if isinstance(val, dict):
+                _walk_defaults(val, extra, visit)
+
+
+def fill_defaults(cfg: dict, sch: dict | None = None) -> dict:
+    """The schema's defaults, in place, in every section (the one place a default lives): first every
+    ``default``, then every ``x-default-from`` (an absent key takes another key's value, e.g.
+    ``profile.precision`` from ``pretrain.precision``). Returns ``cfg``."""
+    sch = schema() if sch is None else sch
+
+    def plain(node, key, sub):
+        if key not in node and "default" in sub:
             node[key] = copy.deepcopy(sub["default"])
-        if isinstance(node.get(key), dict) and sub.get("properties"):
-            _fill_defaults(node[key], sub)
+
+    def inherited(node, key, sub):
+        if key not in node and "x-default-from" in sub:
+            val = _lookup(cfg, sub["x-default-from"])
+            if val is not _ABSENT:
+                node[key] = copy.deepcopy(val)
+
+    _walk_defaults(cfg, sch, plain)
+    _walk_defaults(cfg, sch, inherited)
+    return cfg
+
+
+def complete_section(cfg: dict, section: str) -> dict:
+    """``cfg[section]`` with the schema's defaults, for a caller that builds a config by hand (a test, a script)
+    instead of loading one: the same values :func:`load_config` would have filled in. ``cfg`` is not changed."""
+    keys = ("image_size", "device", "seed", "pretrain", section)
+    part = {k: copy.deepcopy(cfg[k]) for k in keys if k in cfg}
+    part.setdefault(section, {})
+    props = schema()["properties"]
+    sub = {"properties": {k: props[k] for k in keys}}
+    return fill_defaults(part, sub)[section]
+
+
+# a profile variant's keys that say where it runs (part of the grid) or describe it; the rest are settings
+_VARIANT_PLACE = ("models", "strategies", "nodes", "description")
+
+
+def _variant_keys() -> tuple[str, ...]:
+    props = schema()["properties"]["profile"]["properties"]["variants"]["additionalProperties"]["properties"]
+    return tuple(k for k in props if k not in _VARIANT_PLACE)
+
+
+# the settings a profile variant may override (profile.variants.<name>.<key>): the schema's list, the one list
+PROFILE_VARIANT_KEYS = _variant_keys()
 
 
 def section_defaults(section: str) -> dict:
@@ -92,10 +152,7 @@ def validate(cfg: dict, source: str = "config") -> dict:
     errors = sorted(jsonschema.Draft202012Validator(sch).iter_errors(cfg), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         raise ConfigError(explain(errors, source))
-    cfg = copy.deepcopy(cfg)
-    _fill_defaults(cfg, sch)
-    for sec in ("pretrain", "evaluate"):  # every default lives in the schema
-        _fill_defaults(cfg[sec], sch["properties"][sec])
+    cfg = fill_defaults(copy.deepcopy(cfg), sch)  # every default lives in the schema
     expand_dirs(cfg, source)
     ds = cfg["datasets"]
     if cfg["pretrain_dataset"] not in ds:
@@ -124,21 +181,19 @@ def validate(cfg: dict, source: str = "config") -> dict:
     # the schema checks that each names a registry model
     for m in cfg["models"]:
         p = pretrain_settings(cfg, m)
-        world = p.get("nodes", 1) * p.get("procs_per_node", 1)
-        if p.get("batch_size") and p["batch_size"] % (world * p.get("grad_accum", 1)):
+        if p["batch_size"] % (p["nodes"] * p["procs_per_node"] * p["grad_accum"]):
             raise ConfigError(f"{source}: pretrain.batch_size {p['batch_size']} is not divisible by {m}'s "
-                              f"{p.get('nodes', 1)} nodes x {p.get('procs_per_node', 1)} ranks"
-                              f" x grad_accum {p.get('grad_accum', 1)}")
+                              f"{p['nodes']} nodes x {p['procs_per_node']} ranks x grad_accum {p['grad_accum']}")
     prof = cfg["profile"]
-    for vname, v in (prof.get("variants") or {}).items():
+    for vname, v in prof["variants"].items():
         for key in ("models", "strategies", "nodes"):
-            extra = [x for x in v.get(key, []) if x not in prof.get(key, [])]
+            extra = [x for x in v.get(key, []) if x not in prof[key]]
             if extra:
                 raise ConfigError(f"{source}: profile.variants.{vname}.{key} lists {extra}, which are not in "
                                   f"profile.{key} (a variant runs on part of the profile grid)")
     from .models.registry import get_spec
 
-    for m in dict.fromkeys([*cfg["models"], *cfg["profile"].get("models", [])]):  # in config order
+    for m in dict.fromkeys([*cfg["models"], *cfg["profile"]["models"]]):  # in config order
         if cfg["image_size"] % get_spec(m).patch:
             raise ConfigError(f"{source}: image_size {cfg['image_size']} is not a multiple of {m}'s patch "
                               f"size {get_spec(m).patch}")
@@ -312,10 +367,10 @@ def dataset_params(cfg: dict, name: str, rule: str) -> dict:
     props = schema()["properties"]["datasets"]["additionalProperties"]["properties"]
     ds = cfg["datasets"][name]
     out = {k: v for k, v in ds.items() if rule in (props.get(k) or {}).get("x-rules", ["tile"])}
-    if "seed" not in ds and (rule == "tile" or ds.get("source") == "synthetic"):
-        out["seed"] = cfg.get("seed", 0)  # what geofm.data.stages falls back to
-    if rule == "tile" and not ds.get("tile_size") and not ds.get("image_size"):
-        out["image_size"] = cfg.get("image_size")
+    if "seed" not in ds and (rule == "tile" or ds["source"] == "synthetic"):
+        out["seed"] = cfg["seed"]  # what geofm.data.stages falls back to
+    if rule == "tile" and not ds.get("tile_size"):
+        out["image_size"] = cfg["image_size"]
     return out
 
 
@@ -334,17 +389,20 @@ def _reference_tables() -> dict:
 
 
 def profile_effective(cfg: dict, variant: str) -> dict:
-    """A profile cell's settings: the profile section (less its grid lists) under the variant's overrides,
-    with the step settings it inherits from ``pretrain`` when the profile section does not set them."""
+    """A profile cell's settings: ``profile`` the profile section (less its grid lists and execution-only keys)
+    under the variant's overrides (``own``; ``base``: none), ``pretrain`` the rest of the step's settings, which
+    come from the pretrain section (``x-profile``). An unknown variant is a ValueError."""
     prof = cfg["profile"]
-    own = {k: v for k, v in ((prof.get("variants") or {}).get(variant) or {}).items() if k in PROFILE_VARIANT_KEYS}
+    variants = prof["variants"]
+    if variant != "base" and variant not in variants:
+        raise ValueError(f"unknown profile variant {variant!r} (profile.variants: {', '.join(variants) or 'none'})")
+    own = {k: v for k, v in (variants.get(variant) or {}).items() if k in PROFILE_VARIANT_KEYS}
     eff = {k: v for k, v in section_keys(cfg, "profile").items() if k not in ("models", "strategies", "nodes",
                                                                                 "variants")}
     eff.update(own)
-    pre = cfg.get("pretrain") or {}
     props = _props("pretrain")
-    step = {k: v for k, v in pre.items() if (props.get(k) or {}).get("x-profile") and k not in eff}
-    return {"variant": variant, "profile": eff, "pretrain": step}
+    step = {k: v for k, v in cfg["pretrain"].items() if (props.get(k) or {}).get("x-profile") and k not in eff}
+    return {"variant": variant, "profile": eff, "pretrain": step, "own": own}
 
 
 def rule_params(cfg: dict, rule: str, dataset: str | None = None, model: str | None = None,
@@ -356,31 +414,31 @@ def rule_params(cfg: dict, rule: str, dataset: str | None = None, model: str | N
         out = {"dataset": dataset, **dataset_params(cfg, dataset, rule)}
     elif rule == "pretrain":
         ds = cfg["pretrain_dataset"]
-        out = {"model": model, "spec": _spec(model), "image_size": cfg.get("image_size"), "seed": cfg.get("seed", 0),
+        out = {"model": model, "spec": _spec(model), "image_size": cfg["image_size"], "seed": cfg["seed"],
                "pretrain": section_keys(cfg, "pretrain", values=pretrain_settings(cfg, model)),
                "dataset": {"name": ds, **dataset_params(cfg, ds, "tile")}}
     elif rule == "evaluate":
         props = _props("evaluate")
         ev = {k: v for k, v in section_keys(cfg, "evaluate", values=evaluate_settings(cfg, model)).items()
               if protocol in (props.get(k) or {}).get("x-protocol", [protocol])}
-        out = {"protocol": protocol, "model": model, "dataset": dataset, "image_size": cfg.get("image_size"),
-               "seed": cfg.get("seed", 0), "evaluate": ev}
+        out = {"protocol": protocol, "model": model, "dataset": dataset, "image_size": cfg["image_size"],
+               "seed": cfg["seed"], "evaluate": ev}
         if train_ratio is not None:  # one of datasets.<D>.train_ratios: this job's re-split ({D}.tr<percent>.json)
             out["train_ratio"] = float(train_ratio)
     elif rule == "profile":
         eff = profile_effective(cfg, variant)
-        if eff["profile"].get("data", "synthetic") == "real":
+        del eff["own"]  # already in eff["profile"]
+        if eff["profile"]["data"] == "real":
             eff["dataset"] = cfg["pretrain_dataset"]
-        out = {"model": model, "spec": _spec(model), "image_size": cfg.get("image_size"), "seed": cfg.get("seed", 0),
-               **eff}
+        out = {"model": model, "spec": _spec(model), "image_size": cfg["image_size"], "seed": cfg["seed"], **eff}
     elif rule == "plan":  # geofm.perf reads the profile grid, the pretraining plan and the models' shapes
         names = sorted(set(cfg["profile"]["models"]) | set(cfg["models"]))
         out = {"plan": section_keys(cfg, "plan"), "profile": section_keys(cfg, "profile"),
                "pretrain": section_keys(cfg, "pretrain"), "specs": {m: _spec(m) for m in names},
                # each model's pretraining geometry (pretrain.per_model is execution-only, but the plan prices it)
-               "pretrain_geometry": {m: [pretrain_settings(cfg, m).get(k, 1) for k in ("nodes", "procs_per_node")]
+               "pretrain_geometry": {m: [pretrain_settings(cfg, m)[k] for k in ("nodes", "procs_per_node")]
                                      for m in cfg["models"]},
-               "image_size": cfg.get("image_size"), "paper_reference": _reference_tables()}
+               "image_size": cfg["image_size"], "paper_reference": _reference_tables()}
     elif rule == "figures":
         out = {"paper_reference": _reference_tables()}
     else:

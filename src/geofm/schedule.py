@@ -40,10 +40,10 @@ class ScheduleError(ValueError):
 
 def max_walltime_min(cfg: dict, nodes: int) -> int | None:
     """The longest walltime (minutes) a job of ``nodes`` may ask for; None without limits."""
-    for b in sorted(cfg.get("scheduler", {}).get("walltime_bins") or [], key=lambda b: b["max_nodes"]):
+    bins = cfg["scheduler"]["walltime_bins"]
+    for b in sorted(bins, key=lambda b: b["max_nodes"]):
         if nodes <= b["max_nodes"]:
             return int(b["max_min"])
-    bins = cfg.get("scheduler", {}).get("walltime_bins")
     if bins:
         raise ScheduleError(f"{nodes} nodes is above every scheduler.walltime_bins entry")
     return None
@@ -78,7 +78,7 @@ def profile_bundles(cfg: dict, cell_paths) -> list[Bundle]:
     """Group profile cells by allocation shape (model x nodes), keeping their order, and pack each group
     into jobs whose summed cell budgets (``profile.runtime_min`` per cell) fit the walltime of that node
     count. Takes any list of cell paths (e.g. after a feasibility filter)."""
-    per_cell = int(cfg["profile"].get("runtime_min", 10))
+    per_cell = int(cfg["profile"]["runtime_min"])
     groups: dict[tuple[str, int], list[Cell]] = {}
     for p in cell_paths:
         c = parse_cell(p)
@@ -102,10 +102,10 @@ def pretrain_estimate_h(cfg: dict, model: str) -> float:
     from .train.flops import mae_train_flops_per_image
 
     p = pretrain_settings(cfg, model)
-    flops = mae_train_flops_per_image(model, cfg["image_size"], 3, p.get("mask_ratio", 0.75),
-                                      p.get("decoder_dim", 512), p.get("decoder_depth", 8))
+    flops = mae_train_flops_per_image(model, cfg["image_size"], 3, p["mask_ratio"], p["decoder_dim"],
+                                      p["decoder_depth"])
     total = flops * p["steps"] * p["batch_size"]
-    devices = p.get("nodes", 1) * p.get("procs_per_node", 1)
+    devices = p["nodes"] * p["procs_per_node"]
     return total / (devices * p["device_peak_tflops"] * 1e12 * p["expected_mfu"]) / 3600
 
 
@@ -128,7 +128,7 @@ def pretrain_plan(cfg: dict, model: str) -> PretrainPlan:
 
     p = pretrain_settings(cfg, model)
     est = pretrain_estimate_h(cfg, model)
-    return PretrainPlan(model, p.get("nodes", 1), p["runtime_min"], p["retries"], est, chunks_for(cfg, model, est))
+    return PretrainPlan(model, p["nodes"], p["runtime_min"], p["retries"], est, chunks_for(cfg, model, est))
 
 
 def chunks_for(cfg: dict, model: str, hours: float) -> int:
@@ -161,7 +161,7 @@ def evaluate_geometry(cfg: dict, model: str) -> tuple[int, int, int]:
     from .config import evaluate_settings
 
     e = evaluate_settings(cfg, model)
-    return int(e.get("nodes", 1)), int(e.get("procs_per_node", 1)), int(e.get("runtime_min", 60))
+    return int(e["nodes"]), int(e["procs_per_node"]), int(e["runtime_min"])
 
 
 def tiled_datasets(cfg: dict) -> list[str]:
@@ -173,10 +173,10 @@ def study_schedule(cfg: dict, cell_paths) -> dict:
     (``requested``: every job runs to its walltime, pretraining using all its retries; ``expected``:
     pretraining takes its estimate, everything else its walltime)."""
     jobs = []
-    tile_nodes = int(cfg.get("scheduler", {}).get("tile_nodes", 1))
+    tile_nodes = int(cfg["scheduler"]["tile_nodes"])
     for ds in tiled_datasets(cfg):
         jobs.append({"rule": "tile", "name": ds, "nodes": tile_nodes,
-                     "runtime_min": int(cfg["scheduler"].get("tile_runtime_min", 120)),
+                     "runtime_min": int(cfg["scheduler"]["tile_runtime_min"]),
                      "submissions": 1 + TILE_RETRIES})
     pre = []
     perf_h = perf_pretrain_h(cfg)
@@ -213,7 +213,7 @@ def study_schedule(cfg: dict, cell_paths) -> dict:
             problems.append(f"pretrain {pp.model}: about {pp.estimate_h:.1f} h need {pp.chunks_needed} chunks of "
                             f"{pp.runtime_min} min, but retries {pp.retries} allow {pp.retries + 1}")
     subs = sum(j["submissions"] for j in jobs)
-    limit = cfg.get("scheduler", {}).get("max_submissions")
+    limit = cfg["scheduler"]["max_submissions"]
     if limit and subs > limit:
         problems.append(f"the study needs up to {subs} batch submissions, above scheduler.max_submissions {limit}")
     return {"jobs": jobs, "submissions": subs, "node_hours_requested": requested,
@@ -229,14 +229,14 @@ def cell_paths_of(cfg: dict) -> list[str]:
 
     from .perf.plan import cell_feasibility
 
-    prof, res = cfg["profile"], cfg.get("results", "results")
+    prof, res = cfg["profile"], cfg["results"]
 
     def ok(cells, settings=None):
         return [(m, s, n) for m, s, n in product(cells["models"], cells["strategies"], cells["nodes"])
                 if cell_feasibility(cfg, m, s, int(n), settings)[0] == "ok"]
 
     out = [f"{res}/profile/{m}/{s}/{n}n.json" for m, s, n in ok(prof)]
-    for name, v in (prof.get("variants") or {}).items():
+    for name, v in prof["variants"].items():
         cells = {k: v.get(k, prof[k]) for k in ("models", "strategies", "nodes")}
         out += [f"{res}/profile/{m}/{s}/{n}n.{name}.json" for m, s, n in ok(cells, v)]
     return out

@@ -51,7 +51,8 @@ def test_mixture_errors_name_the_part(tmp_path):
                          "mix": {"kind": "scenes", "source": "mixture", "format": "mixture",
                                  "parts": {"p1": "train", "nope": "all"}, "tile_size": 8}},
             "pretrain_dataset": "mix", "eval_datasets": ["p1"], "models": ["demo_tiny"], "image_size": 32,
-            "pretrain": {}, "evaluate": {}, "profile": {}}
+            "pretrain": {}, "evaluate": {"protocols": ["knn"]},
+            "profile": {"models": ["demo_tiny"], "strategies": ["DDP"], "nodes": [1]}}
     with pytest.raises(ConfigError, match=r"datasets.mix.parts .*'nope'"):
         validate(json.loads(json.dumps(base)))
     base["datasets"]["mix"]["parts"] = {"p1": "train"}

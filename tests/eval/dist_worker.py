@@ -40,13 +40,13 @@ def main():
         out["sharded_mean"] = extract_features(shard_encoder(fresh, dev, "mean"), x, mean, std, 16, batch_size=4)
     if "finetune" in modes:
         cfg = FinetuneConfig(epochs=3, batch_size=8, base_lr=1e-2, drop_path=0.0, mixup=0.0, warmup_epochs=1,
-                             label_smoothing=0.1, layer_decay=0.75, augment=True, seed=0)
+                             label_smoothing=0.1, layer_decay=0.75, augment=True, pool="mean", seed=0)
         model, hist = finetune(enc, x, y, 3, mean, std, 16, cfg, device=dev)
         out["logits"] = extract_features(model, x, mean, std, 16, batch_size=4)
         out["train_top1"] = torch.tensor([h["train_top1"] for h in hist])
     if "finetune_ac" in modes:  # the same fine-tuning with every block's activations recomputed
         cfg = FinetuneConfig(epochs=3, batch_size=8, base_lr=1e-2, drop_path=0.0, mixup=0.0, warmup_epochs=1,
-                             label_smoothing=0.1, layer_decay=0.75, augment=True, seed=0, activation_checkpointing=1)
+                             label_smoothing=0.1, layer_decay=0.75, augment=True, pool="mean", seed=0, activation_checkpointing=1)
         model, hist = finetune(build_encoder("test_micro", 16, 3, seed=3), x, y, 3, mean, std, 16, cfg, device=dev)
         out["ac_logits"] = extract_features(model, x, mean, std, 16, batch_size=4)
         out["ac_wrapped"] = torch.tensor(sum("CheckpointWrapper" in type(m).__name__ for m in model.modules()))

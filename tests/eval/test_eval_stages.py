@@ -93,7 +93,9 @@ def test_run_evaluate_end_to_end(env, protocol):
     assert on_disk["checkpoint_step"] == 123
     from geofm.config import section_defaults
 
-    assert on_disk["config"] == {**section_defaults("evaluate"), **cfg["evaluate"]}  # the effective settings
+    # the effective settings: the schema's defaults, the given keys, and the keys that default to another's value
+    assert on_disk["config"] == {**section_defaults("evaluate"), **cfg["evaluate"], "image_size": 8,
+                                 "finetune_batch_size": 16}
     for which in ("pretrained", "random_init"):
         r = on_disk[which]
         assert set(r) >= {"top1", "top5", "per_class", "n_train", "n_test"}

@@ -59,7 +59,7 @@ def test_finetune_learns_with_mixup_and_drop_path():
     y = torch.arange(36) % 3
     x = torch.randint(0, 100, (36, 3, 16, 16), generator=g, dtype=torch.uint8)
     x[torch.arange(36), y] += 150
-    cfg = FinetuneConfig(epochs=15, batch_size=12, base_lr=2e-2, drop_path=0.1, mixup=0.2, seed=0)
+    cfg = FinetuneConfig(epochs=15, batch_size=12, base_lr=2e-2, drop_path=0.1, mixup=0.2, pool="mean", seed=0)
     model, hist = finetune(build_encoder("test_micro", 16, 3), x, y, 3, [0.4] * 3, [0.25] * 3, 16, cfg)
     assert len(hist) == 15 and hist[-1]["loss"] < hist[0]["loss"]
     assert not model.training
@@ -84,7 +84,7 @@ def test_run_evaluate_finetune(tmp_path):
     assert on_disk["protocol"] == "finetune" and on_disk["checkpoint_step"] == 9
     from geofm.config import section_defaults
 
-    assert on_disk["config"] == {**section_defaults("evaluate"), **ev}
+    assert on_disk["config"] == {**section_defaults("evaluate"), **ev, "image_size": 16, "finetune_batch_size": 8}
     s = on_disk["settings"]
     assert s["layer_decay"] == 0.8 and s["pool"] == "cls" and s["epochs"] == 8
     for which in ("pretrained", "random_init"):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from geofm.eval.knn import knn_scores
-from geofm.eval.linprobe import fit_logreg, lr_at, predict_scores, train_linear_probe
+from geofm.eval.linprobe import fit_logreg, predict_scores, train_linear_probe
 from geofm.eval.metrics import topk_accuracy
 
 
@@ -64,14 +64,6 @@ def test_fit_logreg_separable():
     x, y = clusters(spread=1.0, seed=3)
     model = fit_logreg(x, y, 4, l2=1e-3)
     assert topk_accuracy(predict_scores(model, x), y, (1,))[1] > 0.95
-
-
-def test_lr_schedule_warmup_then_cosine():
-    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
-    assert lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
-    assert lr_at(10, 100, 10, 1.0) == pytest.approx(1.0)
-    assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5)
-    assert lr_at(100, 100, 10, 1.0) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_unknown_optimizer():

@@ -17,7 +17,7 @@ def test_schema_defaults_are_maes_linear_probe():
     d = section_defaults("evaluate")
     assert (d["pool"], d["linprobe_solver"], d["linprobe_lr"], d["linprobe_epochs"], d["linprobe_batch_size"],
             d["linprobe_augment"], d["crop_pct"]) == ("cls", "lars", 0.1, 90, 16384, True, 0.875)
-    assert "linprobe_warmup_epochs" not in d  # 10 % of the epochs: MAE's 10 of 90
+    assert d["linprobe_warmup_epochs"] is None  # 10 % of the epochs: MAE's 10 of 90
     assert d["linprobe_weight_decay"] == 0.0 and d["linprobe_crop_scale"] == [0.08, 1.0]
     assert section_defaults("pretrain")["grad_clip"] == 0.0
 

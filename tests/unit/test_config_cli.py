@@ -82,8 +82,14 @@ def test_cli_reports_invalid_config(tmp_path, demo, capsys):
 
 
 def test_cli_set_override(tmp_path, capsys):
-    assert main(["validate", "--config", str(ROOT / "config/demo.yaml"), "--set", "pretrain.steps=7"]) == 0
-    assert main(["validate", "--config", str(ROOT / "config/demo.yaml"), "--set", "pretrain.steps=-1"]) == 2
+    demo = str(ROOT / "config/demo.yaml")
+    assert main(["validate", "--config", demo, "--set", "models=[demo_tiny]"]) == 0
+    assert "(1 models," in capsys.readouterr().out  # the demo lists 3: the override reached the config
+    assert main(["validate", "--config", demo, "--set", "pretrain.steps=-1"]) == 2
+    assert "pretrain.steps: -1 is not allowed" in capsys.readouterr().err
+    # a nested value is typed (YAML) and merged key by key: grad_accum 5 against the demo's batch_size 64
+    assert main(["validate", "--config", demo, "--set", "pretrain.grad_accum=5"]) == 2
+    assert "batch_size 64 is not divisible by demo_tiny's 1 nodes x 1 ranks x grad_accum 5" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name,kind,reshard,mesh", [

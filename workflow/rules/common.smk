@@ -2,13 +2,12 @@
 import hashlib
 import math
 import json
-import os
-import socket
 from pathlib import Path
 
 import yaml
 
-from geofm.config import evaluate_settings, pretrain_settings, rule_params
+from geofm.common.io import write_text
+from geofm.config import evaluate_settings, pretrain_settings, profile_effective, rule_params
 from geofm.plots.registry import figure_paths, table_paths
 from geofm.plots.registry import rule_inputs as figure_rule_inputs
 from geofm.schedule import TILE_RETRIES, profile_bundles
@@ -43,18 +42,14 @@ def effective_config() -> str:
     text = yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     path = Path(".snakemake") / "geofm" / f"config-{digest}.yaml"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Slurm jobs re-parse the Snakefile in the same directory, possibly on several nodes at once
-        tmp = path.with_suffix(f".tmp-{socket.gethostname()}-{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    if not path.exists():  # Slurm jobs re-parse the Snakefile in the same directory, possibly on several nodes at once
+        write_text(path, text)
     return str(path)
 
 
 CFG = effective_config()
 # the paper study's pretrained encoders are write-protected once made (pretrain.protect; off in the demo)
-PROTECT = protected if config["pretrain"].get("protect") else (lambda path: path)
+PROTECT = protected if config["pretrain"]["protect"] else (lambda path: path)
 
 
 def tiles_of(dataset):
@@ -81,12 +76,12 @@ def tile_inputs(wc):
 def pretrain_geometry(model):
     """(nodes, ranks per node) of a model's pretraining: pretrain.per_model.<model> over pretrain."""
     p = pretrain_settings(config, model)
-    return p.get("nodes", 1), p.get("procs_per_node", 1)
+    return p["nodes"], p["procs_per_node"]
 
 
 def evaluate_geometry(model):
     e = evaluate_settings(config, model)
-    return e.get("nodes", 1), e.get("procs_per_node", 1)
+    return e["nodes"], e["procs_per_node"]
 
 
 # --- Cluster execution (profiles/frontier, profiles/slurm-cuda, profiles/test-slurm) -------------------
@@ -140,7 +135,7 @@ def ratio_tag(r):
 
 def eval_stems(name):
     """`{dataset}` (the tiles' own split) or, with `train_ratios`, `{dataset}.tr<percent>` per ratio."""
-    ratios = config["datasets"][name].get("train_ratios")
+    ratios = config["datasets"][name]["train_ratios"]
     return [f"{name}.{ratio_tag(r)}" for r in ratios] if ratios else [name]
 
 
@@ -154,7 +149,7 @@ def stem_ratio(dataset, stem):
     datasets.<D>.train_ratios)."""
     if stem == dataset:
         return None
-    for r in config["datasets"][dataset].get("train_ratios") or []:
+    for r in config["datasets"][dataset]["train_ratios"] or []:
         if f"{dataset}.{ratio_tag(r)}" == stem:
             return float(r)
     raise ValueError(f"{stem}: no such train ratio under datasets.{dataset}.train_ratios")
@@ -162,14 +157,13 @@ def stem_ratio(dataset, stem):
 
 EVAL_OUT = expand(f"{RES}/eval/{{protocol}}/{{model}}/{{stem}}.json",
                   protocol=PROTOCOLS, model=MODELS, stem=[s for d in EVAL_DS for s in eval_stems(d)])
-VARIANTS = PROF.get("variants") or {}
+VARIANTS = PROF["variants"]
 
 
-def profile_setting_of(variant, key, default=None):
+def profile_setting_of(variant, key):
     """A profile setting as a cell's variant ("" / ".name" / "base" / "name") sees it (the variant's
-    override, else profile.<key>)."""
-    name = variant.lstrip(".") or "base"
-    return (VARIANTS.get(name) or {}).get(key, PROF.get(key, default))
+    override, else profile.<key>: geofm.config.profile_effective)."""
+    return profile_effective(config, variant.lstrip(".") or "base")["profile"][key]
 
 
 def feasible_cells(models, strategies, nodes, settings=None):

@@ -21,7 +21,7 @@ EVAL_RESOURCES = dict(
     site_env="",
 )
 
-if config["evaluate"].get("bundle"):
+if config["evaluate"]["bundle"]:
 
     rule evaluate:
         input:

@@ -22,7 +22,7 @@ rule pretrain:
         f"{RES}/logs/pretrain/{{model}}.log",
     params:
         cfg=lambda wc: rule_params(config, "pretrain", model=wc.model),
-    retries: max(pretrain_settings(config, m).get("retries", 0) for m in MODELS)
+    retries: max(pretrain_settings(config, m)["retries"] for m in MODELS)
     threads: lambda wc: rank_threads(math.prod(pretrain_geometry(wc.model)))
     resources:
         nodes=lambda wc: pretrain_geometry(wc.model)[0],

@@ -26,7 +26,7 @@ for _b in PROFILE_BUNDLES:
         name:
             _name
         input:
-            tiles_of(PRETRAIN_DS) if any(profile_setting_of(c.variant, "data", "synthetic") == "real"
+            tiles_of(PRETRAIN_DS) if any(profile_setting_of(c.variant, "data") == "real"
                                            for c in _b.cells) else [],
         output:
             [c.path for c in _b.cells],
@@ -38,13 +38,13 @@ for _b in PROFILE_BUNDLES:
             cfg={f"{c.model}/{c.strategy}/{c.nodes}n{c.variant}":
                  rule_params(config, "profile", model=c.model, variant=c.variant.lstrip(".") or "base")
                  for c in _b.cells},
-        threads: rank_threads(_b.nodes * PROF.get("procs_per_node", 1))
+        threads: rank_threads(_b.nodes * PROF["procs_per_node"])
         resources:
             nodes=_b.nodes,
-            ranks=_b.nodes * PROF.get("procs_per_node", 1),
-            ranks_per_node=PROF.get("procs_per_node", 1),
-            tasks=srun_tasks(_b.nodes, PROF.get("procs_per_node", 1)),
-            tasks_per_node=srun_tasks_per_node(PROF.get("procs_per_node", 1)),
+            ranks=_b.nodes * PROF["procs_per_node"],
+            ranks_per_node=PROF["procs_per_node"],
+            tasks=srun_tasks(_b.nodes, PROF["procs_per_node"]),
+            tasks_per_node=srun_tasks_per_node(PROF["procs_per_node"]),
             runtime=_b.runtime_min,
             mpi="",
             site_env="",

@@ -15,7 +15,7 @@ rule tile:
     params:
         cfg=lambda wc: rule_params(config, "tile", dataset=wc.dataset),
     resources:
-        runtime=config["scheduler"].get("tile_runtime_min", 120),
-        nodes=config["scheduler"].get("tile_nodes", 1),
+        runtime=config["scheduler"]["tile_runtime_min"],
+        nodes=config["scheduler"]["tile_nodes"],
     shell:
         "geofm tile --config {CFG} --dataset {wildcards.dataset} > {log} 2>&1"

@@ -6,14 +6,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Iterator
 
 
 def tmp_path(path: Path) -> Path:
-    """The temporary name used for ``path`` (same folder, hidden, unique per process)."""
+    """The temporary name used for ``path`` (same folder, hidden, unique per process and host: Slurm jobs on
+    several nodes may write the same file of a shared file system at once, e.g. the workflow's merged config)."""
     path = Path(path)
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
 
 
 @contextlib.contextmanager

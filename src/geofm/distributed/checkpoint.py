@@ -12,20 +12,13 @@ import shutil
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict, set_state_dict)
 
+from ..common.io import write_json, write_text
+from ..common.ranks import barrier, is_main
+
 _MARK = ".complete"
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
 
 
 def complete_steps(ckpt_dir: Path) -> list[int]:
@@ -48,23 +41,23 @@ def step_dir(ckpt_dir: Path, step: int) -> Path:
 def save(ckpt_dir: Path, step: int, model, optimizer, extra: dict, keep_last: int = 2) -> Path:
     ckpt_dir = Path(ckpt_dir)
     final = step_dir(ckpt_dir, step)
-    if _rank() == 0:
+    if is_main():
         for p in ckpt_dir.glob("step-*"):  # half-written leftovers of a killed run
             if p.is_dir() and not (p / _MARK).exists():
                 shutil.rmtree(p, ignore_errors=True)
         if final.exists():
             shutil.rmtree(final)
         final.mkdir(parents=True)
-    _barrier()
+    barrier()
     msd, osd = get_state_dict(model, optimizer)
     dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(final))
-    _barrier()
-    if _rank() == 0:
-        (final / "extra.json").write_text(json.dumps(extra))
-        (final / _MARK).write_text(str(step))
+    barrier()
+    if is_main():
+        write_json(final / "extra.json", extra, indent=None, newline=False)
+        write_text(final / _MARK, str(step))
         for old in complete_steps(ckpt_dir)[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(step_dir(ckpt_dir, old), ignore_errors=True)
-    _barrier()
+    barrier()
     return final
 
 

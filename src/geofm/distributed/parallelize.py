@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .strategies import (BASE_STRATEGIES, ImpossibleStrategy, Strategy, parse_strategy,  # noqa: F401
-                         strategy_name_ok)
+from .strategies import Strategy
+from .strategies import ImpossibleStrategy, parse_strategy  # noqa: F401  (re-exported: the engine's callers)
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.ModuleList]:

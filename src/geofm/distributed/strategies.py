@@ -48,10 +48,3 @@ def parse_strategy(name: str) -> Strategy:
         return Strategy(name, "fsdp", reshard_after_forward=True, shard_size=k)
     raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(BASE_STRATEGIES)} or HYBRID_<k>GPUs")
 
-
-def strategy_name_ok(name: str) -> bool:
-    try:
-        parse_strategy(name)
-        return True
-    except ValueError:
-        return False

@@ -28,6 +28,8 @@ from typing import Mapping, Sequence
 
 import torch
 
+from geofm.common.io import save_torch
+from geofm.common.ranks import rank_world
 from geofm.data.augment import CROP_PCT, eval_batch
 
 
@@ -44,14 +46,6 @@ def cache_file(cache_dir: str | os.PathLike, key: Mapping) -> Path:
     pool = key.get("pool", "mean")
     suffix = "" if pool == "mean" else f".{pool}"
     return Path(cache_dir) / str(key["model"]) / f"step-{key['step']}" / f"{key['dataset']}.{key['split']}{suffix}.pt"
-
-
-def _world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _all_ranks_true(flag: bool) -> bool:
@@ -77,7 +71,7 @@ def shard_encoder(encoder: torch.nn.Module, device, pool: str = "mean", strategy
     root. Every rank must call it the same number of times (:func:`extract_features` does)."""
     from geofm.distributed.parallelize import parallelize, parse_strategy
 
-    _, world = _world()
+    _, world = rank_world()
 
     class _Sharded(torch.nn.Module):
         def __init__(self, enc):
@@ -113,11 +107,8 @@ def _load_cached(path: Path, key: Mapping, n: int) -> torch.Tensor | None:
     return feats
 
 
-def _save_atomic(path: Path, key: Mapping, feats: torch.Tensor) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"key": dict(key), "features": feats}, tmp)
-    os.replace(tmp, path)
+def _save_cached(path: Path, key: Mapping, feats: torch.Tensor) -> None:
+    save_torch(path, {"key": dict(key), "features": feats})
 
 
 def preprocess(batch_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float],
@@ -144,7 +135,7 @@ def extract_features(encoder: torch.nn.Module, images_uint8, mean: Sequence[floa
     """
     if pool not in ("mean", "cls"):
         raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
-    rank, world = _world() if distributed else (0, 1)
+    rank, world = rank_world() if distributed else (0, 1)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     images = torch.as_tensor(images_uint8)
@@ -199,5 +190,5 @@ def extract_features(encoder: torch.nn.Module, images_uint8, mean: Sequence[floa
         feats = torch.cat(parts)[:n]
     feats = feats.contiguous()
     if path is not None and rank == 0:
-        _save_atomic(path, cache_key, feats)
+        _save_cached(path, cache_key, feats)
     return feats

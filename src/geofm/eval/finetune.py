@@ -23,40 +23,74 @@ or statistics are per rank), W ranks follow the 1-rank run up to float reduction
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from geofm.data.augment import CROP_PCT, eval_batch, train_batch
-from geofm.eval.linprobe import lr_at
+from geofm.config import complete_section
+from geofm.data.augment import eval_batch, train_batch
+from geofm.common.lr import warmup_cosine
+from geofm.common.ranks import rank_world
+from geofm.common.seeding import torch_generator
+
+
+# FinetuneConfig field -> the evaluate key it comes from; the defaults are the schema's (geofm.config)
+EVALUATE_KEYS = {"epochs": "finetune_epochs", "batch_size": "finetune_batch_size", "base_lr": "finetune_lr",
+                 "weight_decay": "finetune_weight_decay", "layer_decay": "layer_decay", "drop_path": "drop_path",
+                 "label_smoothing": "label_smoothing", "mixup": "mixup", "warmup_epochs": "finetune_warmup_epochs",
+                 "augment": "finetune_augment", "crop_scale": "finetune_crop_scale", "crop_pct": "crop_pct",
+                 "pool": "pool", "head_norm": "finetune_head_norm", "strategy": "finetune_strategy",
+                 "precision": "finetune_precision", "activation_checkpointing": "finetune_activation_checkpointing"}
+_DEFAULTS = complete_section({}, "evaluate")
+
+
+def _default(field_name: str):
+    value = _DEFAULTS[EVALUATE_KEYS[field_name]]
+    return tuple(value) if isinstance(value, list) else value
 
 
 @dataclass
 class FinetuneConfig:
-    epochs: int = 50
-    batch_size: int = 64  # global
-    base_lr: float = 5e-4  # MAE's blr; absolute lr = base_lr * batch / 256
-    weight_decay: float = 0.05
-    layer_decay: float = 0.75
-    drop_path: float = 0.1
-    label_smoothing: float = 0.1
-    mixup: float = 0.0  # Beta(a, a) parameter; 0 = off
-    warmup_epochs: float | None = None  # default: 10 % of the epochs
-    min_lr: float = 1e-6
-    augment: bool = True
-    crop_scale: tuple = (0.2, 1.0)
-    crop_pct: float = CROP_PCT  # without augmentation: MAE's test transform (resize, centre crop)
-    pool: str = "mean"
-    head_norm: str = "layernorm"  # layernorm | batchnorm
-    strategy: str = "FULL_SHARD"  # used when world size > 1
-    precision: str = "fp32"  # fp32 | bf16 (FSDP2 mixed precision when sharded, autocast otherwise)
-    activation_checkpointing: int = 0  # checkpoint every n-th encoder block (0 = off): large models
+    """Fine-tuning settings; each default is the schema's value of the ``evaluate`` key in
+    :data:`EVALUATE_KEYS` (e.g. ``base_lr`` = ``finetune_lr``: MAE's blr, absolute lr = base_lr * batch / 256;
+    ``warmup_epochs`` None = 10 % of the epochs; ``strategy`` applies when the world size is > 1)."""
+    epochs: int = _default("epochs")
+    batch_size: int = _default("batch_size")  # global
+    base_lr: float = _default("base_lr")
+    weight_decay: float = _default("weight_decay")
+    layer_decay: float = _default("layer_decay")
+    drop_path: float = _default("drop_path")
+    label_smoothing: float = _default("label_smoothing")
+    mixup: float = _default("mixup")
+    warmup_epochs: float | None = _default("warmup_epochs")
+    min_lr: float = 1e-6  # not a setting: the floor of the cosine
+    augment: bool = _default("augment")
+    crop_scale: tuple = _default("crop_scale")
+    crop_pct: float = _default("crop_pct")
+    pool: str = _default("pool")
+    head_norm: str = _default("head_norm")
+    strategy: str = _default("strategy")
+    precision: str = _default("precision")
+    activation_checkpointing: int = _default("activation_checkpointing")
     seed: int = 0
+
+    @classmethod
+    def from_evaluate(cls, ev: dict, seed: int) -> "FinetuneConfig":
+        """From a filled ``evaluate`` section (:func:`geofm.config.complete_section`)."""
+        kw = {f: ev[k] for f, k in EVALUATE_KEYS.items()}
+        for f in ("epochs", "batch_size", "activation_checkpointing"):
+            kw[f] = int(kw[f])
+        for f in ("base_lr", "weight_decay", "layer_decay", "drop_path", "label_smoothing", "mixup", "crop_pct"):
+            kw[f] = float(kw[f])
+        for f in ("pool", "head_norm", "strategy", "precision"):
+            kw[f] = str(kw[f])
+        kw["augment"] = bool(kw["augment"])
+        kw["crop_scale"] = tuple(float(v) for v in kw["crop_scale"])
+        kw["warmup_epochs"] = None if kw["warmup_epochs"] is None else float(kw["warmup_epochs"])
+        return cls(**kw, seed=seed)
 
 
 class Classifier(nn.Module):
@@ -132,11 +166,6 @@ def param_groups_lrd(model: nn.Module, weight_decay: float, layer_decay: float, 
     return [groups[k] for k in sorted(groups)]
 
 
-def _gen(*keys) -> torch.Generator:
-    h = hashlib.sha256(repr(tuple(int(k) for k in keys)).encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
-
-
 def augment_global(x: torch.Tensor, n_global: int, rows: slice, image_size: int, gen: torch.Generator,
                    scale=(0.2, 1.0)) -> torch.Tensor:
     """MAE's random-resized-crop + flip for rows ``rows`` of a global batch of ``n_global``: the crop boxes
@@ -156,12 +185,6 @@ def soft_targets(labels: torch.Tensor, n_classes: int, smoothing: float) -> torc
     return t
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def finetune(encoder: nn.Module, images_uint8: torch.Tensor, labels, n_classes: int, mean: Sequence[float],
              std: Sequence[float], image_size: int, cfg: FinetuneConfig, *,
              device: str | torch.device = "cpu", log=None) -> tuple[nn.Module, list[dict]]:
@@ -171,7 +194,7 @@ def finetune(encoder: nn.Module, images_uint8: torch.Tensor, labels, n_classes: 
     from geofm.distributed.parallelize import apply_activation_checkpointing, parallelize, parse_strategy
 
     device = torch.device(device)
-    rank, world = _world()
+    rank, world = rank_world()
     images = torch.as_tensor(images_uint8)
     labels = torch.as_tensor(labels).long()
     n = images.shape[0]
@@ -206,16 +229,16 @@ def finetune(encoder: nn.Module, images_uint8: torch.Tensor, labels, n_classes: 
     it = 0
     model.train()
     for epoch in range(int(cfg.epochs)):
-        perm = torch.randperm(n, generator=_gen(cfg.seed, 1, epoch))
+        perm = torch.randperm(n, generator=torch_generator(int(cfg.seed), 1, epoch))
         ep_loss, ep_correct, ep_seen = 0.0, 0, 0
         for b in range(steps_per_epoch):
-            lr = lr_at(it, total, warm, peak, cfg.min_lr)
+            lr = warmup_cosine(it, total, warm, peak, cfg.min_lr)
             for g in opt.param_groups:
                 g["lr"] = lr * g["lr_scale"]
             idx = perm[b * bs:(b + 1) * bs][rows]
             x, y = images[idx], labels[idx]
             if cfg.augment:  # the training view of the one preprocessing path (geofm.data.augment)
-                x = train_batch(x, image_size, mean, std, _gen(cfg.seed, 2, epoch, b), cfg.crop_scale,
+                x = train_batch(x, image_size, mean, std, torch_generator(int(cfg.seed), 2, epoch, b), cfg.crop_scale,
                                 rows=rows, n_global=bs)
             else:
                 x = eval_batch(x, image_size, mean, std, cfg.crop_pct)

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from geofm.common.lr import warmup_cosine
+
 
 class LARS(torch.optim.Optimizer):
     """Layer-wise adaptive rate scaling (You et al. 2017), as used by MAE for linear probing.
@@ -66,15 +68,6 @@ class LinearProbe(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.norm(x))
-
-
-def lr_at(it: int, total_iters: int, warmup_iters: int, peak_lr: float, min_lr: float = 0.0) -> float:
-    """Linear warm-up from 0 to ``peak_lr`` over ``warmup_iters``, then half-cosine to ``min_lr``."""
-    if warmup_iters > 0 and it < warmup_iters:
-        return peak_lr * (it + 1) / warmup_iters
-    span = max(1, total_iters - warmup_iters)
-    t = min(1.0, (it - warmup_iters) / span)
-    return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 def _check_inputs(feats: torch.Tensor, labels: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,7 +133,7 @@ def train_linear_probe(feats, labels, n_classes: int, *, epochs: int = 90, batch
             idx = perm[b * bs:(b + 1) * bs]
             if idx.numel() < 2 and n > 1:
                 continue
-            cur = lr_at(it, total, warm, peak)
+            cur = warmup_cosine(it, total, warm, peak)
             for group in opt.param_groups:
                 group["lr"] = cur
             x = feats[idx] if features_of is None else features_of(idx, epoch, b).float()

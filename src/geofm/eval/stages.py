@@ -11,29 +11,26 @@ fits the protocol's classifier on the train features, scores the test features a
 
 all atomically, beside each other.
 
-Config (``cfg["evaluate"]``; the defaults live in the schema and are MAE's linear probe, He et al. 2022
-appendix A.2 / facebookresearch/mae ``main_linprobe.py``): ``pool`` (cls | mean) [cls], ``linprobe_solver``
-(lars | sgd | logreg) [lars], ``linprobe_lr`` (base lr, × batch/256) [0.1], ``linprobe_epochs`` [90],
-``linprobe_warmup_epochs`` [10], ``linprobe_weight_decay`` [0], ``linprobe_batch_size`` [16384, capped at the
-training images], ``linprobe_augment`` [true: every batch a new random-resized crop (``linprobe_crop_scale``
-[0.08, 1], bicubic) + flip through the frozen encoder; false: cached features of the test transform],
-``crop_pct`` [0.875: test images resized to ``image_size / crop_pct`` then centre-cropped], ``logreg_l2``
-[1e-4], ``batch_size`` (images per encoder forward) [256], ``knn_k`` [20], ``knn_temperature`` [0.07],
-``image_size`` [top-level ``image_size``, else the encoder's], ``device`` [top-level ``device``; ``auto`` =
-cuda if available], ``feature_cache`` [true: features under ``{results}/eval/features/``],
-``shard_encoder`` [false: with >1 rank, shard the frozen encoder with FSDP2 instead of a copy per rank].
+Config: the ``evaluate`` section (its keys and defaults live in ``geofm/config.schema.yaml`` only; the
+default is MAE's linear probe, He et al. 2022 appendix A.2 / facebookresearch/mae ``main_linprobe.py``):
+``pool`` (cls | mean), ``linprobe_*`` (solver lars | sgd | logreg, base lr x batch/256, epochs, warm-up, batch,
+``linprobe_augment``: a new random-resized crop + flip of every training image per batch through the frozen
+encoder, else cached features of the test transform), ``crop_pct`` (test images resized to
+``image_size / crop_pct`` then centre-cropped), ``logreg_l2``, ``batch_size`` (images per encoder forward),
+``knn_k`` / ``knn_temperature``, ``image_size`` and ``device`` (by default the top-level ones),
+``feature_cache`` (features under ``{results}/eval/features/``), ``shard_encoder`` (with >1 rank, shard the
+frozen encoder with FSDP2 instead of a copy per rank). :func:`run_evaluate` completes a hand-built section with
+the same defaults (:func:`geofm.config.complete_section`).
 
 Inputs are normalised with the pretraining set's statistics (``encoder.pt`` meta ``norm``), through the one
 preprocessing path of :mod:`geofm.data.augment`. With ``train_ratio`` (a dataset's ``train_ratios`` in the
 config; output ``{dataset}.tr<percent>.json``) the labelled tiles are re-split, stratified and seeded, at that
 ratio; otherwise the tiles' own split is used.
 
-``finetune`` (see :mod:`geofm.eval.finetune`): ``finetune_epochs`` [50], ``finetune_batch_size``
-[``batch_size``], ``finetune_lr`` (base lr, × batch/256) [5e-4], ``finetune_weight_decay`` [0.05], ``finetune_warmup_epochs`` [10 %], ``layer_decay``
-[0.75], ``drop_path`` [0.1], ``label_smoothing`` [0.1], ``mixup`` (Beta parameter, 0 = off) [0],
-``finetune_augment`` [true], ``finetune_crop_scale`` [[0.2, 1.0]], ``finetune_head_norm`` (layernorm |
-batchnorm) [layernorm], ``finetune_strategy`` [FULL_SHARD], ``finetune_precision`` [fp32]. The
-pretrained encoder and its random-init twin are both fine-tuned with the same settings and seed.
+``finetune`` (see :mod:`geofm.eval.finetune`): the ``finetune_*`` keys, ``layer_decay``, ``drop_path``,
+``label_smoothing`` and ``mixup`` (:data:`geofm.eval.finetune.EVALUATE_KEYS` maps them onto
+:class:`~geofm.eval.finetune.FinetuneConfig`). The pretrained encoder and its random-init twin are both
+fine-tuned with the same settings and seed.
 
 Several processes (torchrun / srun, detected by :func:`geofm.distributed.launch.detect`): the process
 group is initialised here if needed, features are extracted by all ranks (each its slice, all-gathered),
@@ -44,7 +41,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -57,7 +53,6 @@ from geofm.eval.metrics import summarize
 from geofm.provenance import provenance
 
 PROTOCOLS = ("linprobe", "knn", "finetune")
-IMPLEMENTED = ("linprobe", "knn", "finetune")
 
 
 class EvalError(Exception):
@@ -115,8 +110,8 @@ def normalisation(cfg: dict, meta: dict, train: Split) -> tuple[list[float], lis
     norm = meta.get("norm") or {}
     if norm.get("mean") and norm.get("std"):
         return list(norm["mean"]), list(norm["std"]), f"pretraining set ({norm.get('tiles', 'encoder.pt')})"
-    pre = cfg.get("pretrain_dataset")
-    stats = Path(cfg.get("results", "results")) / "tiles" / str(pre) / "stats.json"
+    pre = cfg.get("pretrain_dataset")  # a hand-built config (tests) may name none
+    stats = Path(cfg["results"]) / "tiles" / str(pre) / "stats.json"
     if pre and stats.is_file():
         import json
 
@@ -138,11 +133,8 @@ def build_encoder(name: str, image_size: int, in_chans: int, seed: int = 0):
     return _build(name, image_size, in_chans, seed=seed)
 
 
-def _resolve_image_size(cfg: dict, ev: dict, meta: dict, path: Path) -> int:
-    size = ev.get("image_size") or cfg.get("image_size") or meta.get("image_size")
-    if size is None:
-        raise EvalError(f"no image_size in config evaluate/top level nor in the meta of {path}")
-    size = int(size)
+def _resolve_image_size(ev: dict, meta: dict, path: Path) -> int:
+    size = int(ev["image_size"])  # evaluate.image_size, by default the top-level image_size
     trained = meta.get("image_size")
     if trained is not None and int(trained) != size:
         raise EvalError(f"encoder {path} was pretrained at image_size {trained} but evaluation asks for "
@@ -155,19 +147,19 @@ def _classifier_scores(protocol: str, ev: dict, tr_f, tr_y, te_f, n_classes: int
     """Fit the protocol's classifier on the training features (or, for MAE's augmented linear probe, on
     ``features_of(idx, epoch, batch)``: a new augmented view of each batch) and score the test features."""
     if protocol == "knn":
-        k, t = int(ev.get("knn_k", 20)), float(ev.get("knn_temperature", 0.07))
+        k, t = int(ev["knn_k"]), float(ev["knn_temperature"])
         scores = knn_scores(tr_f, tr_y, te_f, n_classes, k=k, temperature=t)
         return scores.numpy(), {"knn_k": k, "knn_temperature": t}
     solver = str(ev["linprobe_solver"]).lower()
     if solver == "logreg":
-        l2 = float(ev.get("logreg_l2", 1e-4))
+        l2 = float(ev["logreg_l2"])
         head = fit_logreg(tr_f, tr_y, n_classes, l2=l2)
         return predict_scores(head, te_f).numpy(), {"linprobe_solver": solver, "logreg_l2": l2}
     epochs = int(ev["linprobe_epochs"])
     bs = min(int(ev["linprobe_batch_size"]), len(tr_y))
     base_lr = float(ev["linprobe_lr"])
     wd = float(ev["linprobe_weight_decay"])
-    warm = ev.get("linprobe_warmup_epochs")
+    warm = ev["linprobe_warmup_epochs"]
     kw = {"features_of": features_of, "dim": te_f.shape[1]} if features_of is not None else {}
     head = train_linear_probe(None if features_of is not None else tr_f, tr_y, n_classes, epochs=epochs,
                               batch_size=bs, base_lr=base_lr, weight_decay=wd,
@@ -187,7 +179,7 @@ def _augmented_features(encoder, images, mean, std, image_size: int, chunk: int,
     of the one preprocessing path) and runs the frozen encoder on them in chunks of ``chunk`` images, so a probe
     batch of any size fits. Every rank computes the same (seeded) features."""
     from geofm.data.augment import train_batch
-    from geofm.eval.finetune import _gen
+    from geofm.common.seeding import torch_generator
 
     def forward(x):
         return encoder.forward_features(x) if pool == "mean" else encoder.forward_features(x, pool=pool)
@@ -196,7 +188,7 @@ def _augmented_features(encoder, images, mean, std, image_size: int, chunk: int,
     def features_of(idx, epoch: int, batch: int) -> torch.Tensor:
         was = encoder.training
         encoder.eval()
-        gen = _gen(seed, 5, epoch, batch)
+        gen = torch_generator(int(seed), 5, int(epoch), int(batch))
         out = []
         try:
             for i in range(0, len(idx), chunk):
@@ -212,25 +204,10 @@ def _augmented_features(encoder, images, mean, std, image_size: int, chunk: int,
 
 
 def finetune_config(ev: dict, seed: int):
-    """The :class:`~geofm.eval.finetune.FinetuneConfig` of an ``evaluate`` config section."""
+    """The :class:`~geofm.eval.finetune.FinetuneConfig` of a (filled) ``evaluate`` config section."""
     from geofm.eval.finetune import FinetuneConfig
 
-    d = FinetuneConfig()
-    warm = ev.get("finetune_warmup_epochs")
-    return FinetuneConfig(
-        epochs=int(ev.get("finetune_epochs", d.epochs)),
-        batch_size=int(ev.get("finetune_batch_size", ev.get("batch_size", d.batch_size))),
-        base_lr=float(ev.get("finetune_lr", d.base_lr)),
-        weight_decay=float(ev.get("finetune_weight_decay", d.weight_decay)),
-        layer_decay=float(ev.get("layer_decay", d.layer_decay)), drop_path=float(ev.get("drop_path", d.drop_path)),
-        label_smoothing=float(ev.get("label_smoothing", d.label_smoothing)), mixup=float(ev.get("mixup", d.mixup)),
-        warmup_epochs=None if warm is None else float(warm), augment=bool(ev.get("finetune_augment", d.augment)),
-        crop_scale=tuple(float(v) for v in ev.get("finetune_crop_scale", d.crop_scale)),
-        crop_pct=float(ev.get("crop_pct", d.crop_pct)),
-        pool=str(ev.get("pool", d.pool)), head_norm=str(ev.get("finetune_head_norm", d.head_norm)),
-        strategy=str(ev.get("finetune_strategy", d.strategy)), precision=str(ev.get("finetune_precision", d.precision)),
-        activation_checkpointing=int(ev.get("finetune_activation_checkpointing", d.activation_checkpointing)),
-        seed=seed)
+    return FinetuneConfig.from_evaluate(ev, seed)
 
 
 def _check_splits(train: Split, test: Split, tiles_dir: Path, in_chans: int, enc_path: Path) -> None:
@@ -252,21 +229,17 @@ def run_evaluate(cfg: dict, protocol: str, model: str, dataset: str, encoder_pat
     ratio (stratified, seeded) instead of using the tiles' own train/test split."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown evaluation protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
-    if protocol not in IMPLEMENTED:
-        raise NotImplementedError(
-            f"evaluation protocol {protocol!r} is not implemented yet; use one of {', '.join(IMPLEMENTED)} "
-            "(remove it from evaluate.protocols in the config)")
     encoder_path, out_json = Path(encoder_path), Path(out_json)
     if not encoder_path.is_file():
         raise FileNotFoundError(f"encoder checkpoint {encoder_path} does not exist (run pretraining for "
                                 f"model {model!r} first)")
-    from geofm.config import section_defaults
+    from geofm.config import complete_section
 
-    ev = {**section_defaults("evaluate"), **(cfg.get("evaluate") or {})}
+    ev = complete_section(cfg, "evaluate")  # as loaded: the schema's defaults (a hand-built cfg gets them here)
     pool = str(ev["pool"])
     if pool not in ("mean", "cls"):
         raise EvalError(f"evaluate.pool must be 'mean' or 'cls', got {pool!r}")
-    device = ev.get("device") or cfg.get("device") or "auto"
+    device = ev["device"]  # evaluate.device, by default the top-level device
     import torch.distributed as dist
 
     from geofm.distributed import launch
@@ -283,15 +256,15 @@ def run_evaluate(cfg: dict, protocol: str, model: str, dataset: str, encoder_pat
 
 
 def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, pool, device, train_ratio=None) -> dict:
-    seed = int(cfg.get("seed", 0))
-    results = Path(cfg.get("results", "results"))
+    seed = int(cfg["seed"])
+    results = Path(cfg["results"])
     tiles_dir = results / "tiles" / dataset
 
     encoder, meta = load_encoder(encoder_path)
     if meta.get("model") != model:
         raise EvalError(f"encoder checkpoint {encoder_path} holds model {meta.get('model')!r}, "
                         f"not the requested {model!r}")
-    image_size = _resolve_image_size(cfg, ev, meta, encoder_path)
+    image_size = _resolve_image_size(ev, meta, encoder_path)
     in_chans = int(meta.get("in_chans", 3))
     step = meta.get("step")
 
@@ -306,14 +279,14 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
     crop_pct = float(ev["crop_pct"])
     classes = train.classes
     n_classes = len(classes)
-    bs = int(ev.get("batch_size", 256))
+    bs = int(ev["batch_size"])
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    use_cache = bool(ev.get("feature_cache", True))
+    use_cache = bool(ev["feature_cache"])
     cache_dir = results / "eval" / "features"
     st = encoder_path.stat()
     stats_file = tiles_dir / "stats.json"
-    fprec = str(ev.get("feature_precision", "fp32"))
+    fprec = str(ev["feature_precision"])
     tiles_id = {"image_size": image_size, "pool": pool, "crop_pct": crop_pct, "norm": [mean, std],
                 "train_ratio": train_ratio, "precision": fprec,
                 "tiles_mtime_ns": stats_file.stat().st_mtime_ns if stats_file.exists() else None}
@@ -322,10 +295,11 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
         "random_init": (f"init-seed{seed}", tiles_id),
     }
 
-    from geofm.eval.features import _world, shard_encoder
+    from geofm.common.ranks import rank_world
+    from geofm.eval.features import shard_encoder
 
-    rank, world = _world()
-    shard = bool(ev.get("shard_encoder", False)) and world > 1
+    rank, world = rank_world()
+    shard = bool(ev["shard_encoder"]) and world > 1
     record: dict = {"protocol": protocol, "model": model, "dataset": dataset}
     confusion = None
     for which in ("pretrained", "random_init"):
@@ -398,9 +372,3 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
     write_json(out_json, record)  # last: the rule's main output appears only when all else is there
     return record
 
-
-def confusion_paths(out_json) -> Sequence[Path]:
-    """The side outputs of :func:`run_evaluate` for a given JSON path."""
-    out_json = Path(out_json)
-    stem = out_json.name[:-len(".json")] if out_json.name.endswith(".json") else out_json.stem
-    return out_json.with_name(f"{stem}.confusion.csv"), out_json.with_name(f"{stem}.confusion.png")

@@ -33,6 +33,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..common.io import write_json, write_text
+
 GPU_MODELS = ("vit_base", "vit_1b", "vit_huge", "vit_3b", "vit_5b")  # in order of priority
 GPU_BATCH = {"vit_base": 256, "vit_huge": 64, "vit_1b": 64, "vit_3b": 32, "vit_5b": 16}
 CPU_MODELS = ("test_micro", "demo_tiny")
@@ -354,11 +356,8 @@ def markdown(report: dict) -> str:
 
 
 def _write(report: dict, out: Path, stem: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    for suffix, text in ((".json", json.dumps(report, indent=2)), (".md", markdown(report))):
-        tmp = out / f"{stem}{suffix}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / f"{stem}{suffix}")
+    write_json(out / f"{stem}.json", report)
+    write_text(out / f"{stem}.md", markdown(report))
 
 
 def run(cpu: bool, out: Path, budget_s: float | None = None, models: list[str] | None = None) -> dict:

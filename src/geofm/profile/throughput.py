@@ -19,16 +19,13 @@ section's own settings): the record carries the variant's name, its overrides an
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from ..config import PROFILE_VARIANT_KEYS
 from ..distributed import launch
 from ..models.registry import count_params, display_name, num_patches
 from ..perf import memory
@@ -38,7 +35,6 @@ from ..train.batches import StepBatches, mask_noise
 from ..train.pretrain import TrainConfig, build_model, param_groups, step_options
 from ..train.step import PhaseTimer, train_step
 
-VARIANT_KEYS = PROFILE_VARIANT_KEYS
 # collective names, compared with underscores removed ("all_gather" and c10d's "allgather" alike)
 COLLECTIVES = ("allgather", "reducescatter", "allreduce", "broadcast")
 STEP_RANGE = "geofm::profiled_step"
@@ -256,7 +252,8 @@ def profile_run(cfg: TrainConfig, nodes: int, warmup_steps: int, steps: int, dev
     # the slowest rank sets the pace: take the max step time over ranks, per step
     times = torch.tensor([r[4] for r in rows], dtype=torch.float64)
     parts = torch.tensor([r[:4] for r in rows], dtype=torch.float64).median(dim=0).values
-    memt = torch.tensor([mem["peak_mem_gb"], mem["peak_reserved_gb"]], dtype=torch.float64)
+    measured = [k for k, v in mem.items() if v is not None]  # the same keys on every rank (one device type)
+    memt = torch.tensor([mem[k] for k in measured], dtype=torch.float64)
     if world > 1:
         times = _all_reduce(times, dist.ReduceOp.MAX, device)
         memt = _all_reduce(memt, dist.ReduceOp.MAX, device)
@@ -272,6 +269,7 @@ def profile_run(cfg: TrainConfig, nodes: int, warmup_steps: int, steps: int, dev
                             comm_profiled_step_s=float(ct[2]) / world, comm_note="mean over ranks of one profiled step")
             else:
                 comm = {"comm_share": "n/a", "comm_note": f"not measurable on every rank ({comm.get('comm_note', '')})"}
+    mem.update(zip(measured, memt.tolist()))  # the largest rank's; None (n/a) stays None
     ips = [cfg.batch_size / t for t in times.tolist()]
     med = statistics.median(ips)
     out = {**base, "status": "ok", "steps": steps, "warmup_steps": warmup_steps,
@@ -279,7 +277,7 @@ def profile_run(cfg: TrainConfig, nodes: int, warmup_steps: int, steps: int, dev
            "images_per_s_min": min(ips), "images_per_s_max": max(ips),
            "tflops": med * fl_img / world / 1e12, "mfu": metrics.mfu(med * fl_img / world, peak),
            "peak_tflops": peak, "peak_source": peak_src, "peak_precision": cfg.precision, "flops_per_image": fl_img,
-           "peak_mem_gb": float(memt[0]), "peak_reserved_gb": float(memt[1]),
+           **mem,
            "data_s": float(parts[0]), "forward_s": float(parts[1]), "backward_s": float(parts[2]),
            "optimizer_s": float(parts[3]),
            "step_s": statistics.median(times.tolist()), "loader_images_per_s_per_rank": loader_ips,
@@ -288,10 +286,3 @@ def profile_run(cfg: TrainConfig, nodes: int, warmup_steps: int, steps: int, dev
     launch.shutdown()
     return out
 
-
-def write_json(record: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)

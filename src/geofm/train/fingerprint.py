@@ -19,6 +19,7 @@ import hashlib
 import time
 from pathlib import Path
 
+from ..common.ranks import barrier
 from ..config import digest, schema
 from ..distributed import checkpoint as ckpt
 
@@ -53,11 +54,11 @@ def resumable_step(ckpt_dir: Path, fp: str, steps: int, is_main: bool, log=print
     ckpt_dir = Path(ckpt_dir)
     latest = ckpt.latest_step(ckpt_dir)
     if latest is None:
-        ckpt._barrier()
+        barrier()
         return None
     old = ckpt.read_extra(ckpt_dir, latest).get("fingerprint")
     if old == fp and latest < steps:
-        ckpt._barrier()
+        barrier()
         return latest
     if is_main:
         why = ("its run finished: the job was rerun on purpose" if old == fp else
@@ -65,5 +66,5 @@ def resumable_step(ckpt_dir: Path, fp: str, steps: int, is_main: bool, log=print
         dest = ckpt_dir.with_name(f"{ckpt_dir.name}-aside-{time.strftime('%Y%m%dT%H%M%S')}-{old or 'none'}")
         ckpt_dir.rename(dest)
         log(f"not resuming the checkpoints in {ckpt_dir} ({why}); moved them to {dest}; training from step 0")
-    ckpt._barrier()  # no rank starts saving into ckpt_dir before it has been moved
+    barrier()  # no rank starts saving into ckpt_dir before it has been moved
     return None

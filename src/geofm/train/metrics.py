@@ -62,12 +62,21 @@ def reset_peak_memory(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def peak_rss_gb() -> float:
+    """The peak resident set of this process over its whole life (getrusage ``ru_maxrss``, kB on Linux): the
+    interpreter, libraries and data included, and it cannot be reset, so it is not the memory of a step."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def peak_memory_gb(device: torch.device) -> dict:
+    """Peak memory, each figure what its name says. On a GPU ``peak_mem_gb`` is the peak allocated by tensors
+    and ``peak_reserved_gb`` the peak held by PyTorch's caching allocator, since :func:`reset_peak_memory`. The
+    CPU has no such counters: both are None (n/a) there. ``peak_rss_gb`` is the host process's lifetime peak
+    RSS (:func:`peak_rss_gb`) on either."""
     if device.type == "cuda":
         return {"peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30,
-                "peak_reserved_gb": torch.cuda.max_memory_reserved(device) / 2**30}
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB -> GB (Linux)
-    return {"peak_mem_gb": rss, "peak_reserved_gb": rss}
+                "peak_reserved_gb": torch.cuda.max_memory_reserved(device) / 2**30, "peak_rss_gb": peak_rss_gb()}
+    return {"peak_mem_gb": None, "peak_reserved_gb": None, "peak_rss_gb": peak_rss_gb()}
 
 
 class MetricsWriter:

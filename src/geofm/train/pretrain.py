@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..common.io import atomic_path, save_torch, write_json, write_text
+from ..common.lr import warmup_cosine
+from ..config import complete_section, schema
 from ..distributed import checkpoint as ckpt
 from ..distributed import launch
 from ..distributed.walltime import StopRequest, WalltimeStop, ignore_in_worker
@@ -35,43 +36,58 @@ from .step import NonFiniteLoss, StepOptions, train_step
 __all__ = ["NonFiniteLoss", "TrainConfig", "build_model", "param_groups", "step_options", "train"]
 
 
+_DEFAULTS = complete_section({}, "pretrain")  # the schema's pretrain defaults: the one place they live
+
+
+def _default(key: str):
+    return _DEFAULTS[key]
+
+
 @dataclass
 class TrainConfig:
+    """One pretraining (or profiled) run. Every field named like a ``pretrain`` key takes that key's schema
+    default (a unit test keeps the two in step); the rest are not settings of the config's pretrain section:
+    the model, the top-level ``image_size`` / ``seed`` / ``device`` (defaults here only for programmatic use:
+    a loaded config always passes them), the data (a tiles folder or ``synthetic``), AdamW's betas (MAE's)
+    and a test aid."""
     model: str
     image_size: int = 224
     in_chans: int = 3
     data: str = "synthetic"  # "synthetic" or a tiles directory
-    steps: int = 100
-    batch_size: int = 64  # global, per optimizer step
-    grad_accum: int = 1
-    lr: float = 1.5e-4
-    min_lr: float = 0.0
-    warmup_steps: int = 10
-    weight_decay: float = 0.05
+    steps: int = _default("steps")
+    batch_size: int = _default("batch_size")  # global, per optimizer step
+    grad_accum: int = _default("grad_accum")
+    lr: float = _default("lr")
+    min_lr: float = _default("min_lr")
+    warmup_steps: int = _default("warmup_steps")
+    weight_decay: float = _default("weight_decay")
     betas: tuple = (0.9, 0.95)
-    grad_clip: float = 0.0  # MAE does not clip; > 0 clips the global gradient norm
-    mask_ratio: float = 0.75
-    norm_pix_loss: bool = False
-    decoder_dim: int = 512
-    decoder_depth: int = 8
-    decoder_heads: int = 16
-    strategy: str = "NO_SHARD"
-    precision: str = "bf16"  # bf16 | fp32
-    reduce_fp32: bool = True
-    activation_checkpointing: int = 0  # 0 off, 1 every block, n every n-th block
-    compile: bool = False
-    backward_prefetch: int = 1
-    forward_prefetch: int = 0
-    augment: bool = True
-    augment_on_device: str = "none"  # none | normalize | all: finish the MAE augmentation on the GPU
-    num_workers: int = 0
-    checkpoint_every: int = 0  # 0: only at the end
-    keep_last: int = 2
-    log_every: int = 10
-    seed: int = 0
-    device: str = "auto"
+    grad_clip: float = _default("grad_clip")
+    mask_ratio: float = _default("mask_ratio")
+    norm_pix_loss: bool = _default("norm_pix_loss")
+    decoder_dim: int = _default("decoder_dim")
+    decoder_depth: int = _default("decoder_depth")
+    decoder_heads: int = _default("decoder_heads")
+    strategy: str = _default("strategy")
+    precision: str = _default("precision")
+    reduce_fp32: bool = _default("reduce_fp32")
+    activation_checkpointing: int = _default("activation_checkpointing")
+    compile: bool = _default("compile")
+    backward_prefetch: int = _default("backward_prefetch")
+    forward_prefetch: int = _default("forward_prefetch")
+    augment: bool = _default("augment")
+    augment_on_device: str = _default("augment_on_device")
+    num_workers: int = _default("num_workers")
+    checkpoint_every: int = _default("checkpoint_every")
+    keep_last: int = _default("keep_last")
+    log_every: int = _default("log_every")
+    seed: int = schema()["properties"]["seed"]["default"]
+    device: str = schema()["properties"]["device"]["default"]
     fail_at_step: int = -1  # testing aid: inject a NaN loss at this step
-    extra: dict = field(default_factory=dict)
+
+    # the pretrain keys that are not training settings (where and how long a job runs, what the scheduler plans)
+    NOT_TRAINING = ("nodes", "procs_per_node", "runtime_min", "retries", "expected_mfu", "device_peak_tflops",
+                    "protect", "per_model")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -83,13 +99,6 @@ class TrainConfig:
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         return cls(**d)
-
-
-def lr_at(cfg: TrainConfig, step: int) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
-    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float):
@@ -138,10 +147,6 @@ def step_options(cfg: TrainConfig, autocast: bool) -> StepOptions:
                        autocast=autocast)
 
 
-def _mae(model):
-    return model.module if hasattr(model, "module") else model
-
-
 def _trim_metrics(path: Path, last_step: int) -> None:
     if not path.exists():
         return
@@ -152,9 +157,7 @@ def _trim_metrics(path: Path, last_step: int) -> None:
                 keep.append(ln)
         except ValueError:
             continue
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
-    os.replace(tmp, path)
+    write_text(path, "".join(ln + "\n" for ln in keep))
 
 
 def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
@@ -205,7 +208,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     loss_val = float("nan")
     step_times: list[float] = []
     for step, x in zip(range(start, cfg.steps), loader):
-        lr = lr_at(cfg, step)
+        lr = warmup_cosine(step, cfg.steps, cfg.warmup_steps, cfg.lr, cfg.min_lr)
         for g in opt.param_groups:
             g["lr"] = lr
         x = x.to(device, non_blocking=True)
@@ -261,14 +264,9 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
         if not data.synthetic:  # evaluation normalises with the pretraining set's statistics
             meta["norm"] = {"mean": [float(v) for v in data.ds.stats["mean"]],
                             "std": [float(v) for v in data.ds.stats["std"]], "tiles": str(cfg.data)}
-        tmp = out_dir / "encoder.pt.tmp"
-        torch.save({"meta": meta, "state_dict": enc}, tmp)
-        os.replace(tmp, out_dir / "encoder.pt")
-        tmp = out_dir / "metrics.jsonl.tmp"
-        shutil.copyfile(metrics_path, tmp)
-        os.replace(tmp, out_dir / "metrics.jsonl")
-        tmp = out_dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, out_dir / "summary.json")
+        save_torch(out_dir / "encoder.pt", {"meta": meta, "state_dict": enc})
+        with atomic_path(out_dir / "metrics.jsonl") as tmp:
+            shutil.copyfile(metrics_path, tmp)
+        write_json(out_dir / "summary.json", summary, newline=False)
     launch.shutdown()
     return summary
