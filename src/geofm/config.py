@@ -45,6 +45,38 @@ def _fill_defaults(node: dict, sch: dict) -> None:
             _fill_defaults(node[key], sub)
 
 
+def _dataset_props() -> dict:
+    return schema()["properties"]["datasets"]["additionalProperties"]["properties"]
+
+
+def dataset_defaults(ds: dict, image_size: int | None = None) -> dict:
+    """Fill the defaults of one ``datasets.<name>`` entry in place (and return it): first its format's own
+    (the format registry, :mod:`geofm.data.tiling.registry`: e.g. EuroSAT's 64 px ``tile_size``; a scene
+    format without ``tile_size`` takes the study's ``image_size``), then the schema's, each only where the
+    key's ``x-formats`` / ``x-sources`` (absent: all) include the dataset's. The one place dataset defaults
+    are applied: :func:`validate` calls it for every dataset, the tiler and the fetcher for an entry given
+    to them directly."""
+    from .data.tiling.registry import FORMATS, format_of
+
+    fmt = format_of(ds)
+    spec = FORMATS.get(fmt)
+    if spec is not None:
+        for key, value in spec.defaults.items():
+            ds.setdefault(key, copy.deepcopy(value))
+        if spec.tile_size_from_study and image_size and not ds.get("tile_size"):
+            ds["tile_size"] = int(image_size)
+    for key, sub in _dataset_props().items():
+        if "default" in sub and key not in ds and fmt in sub.get("x-formats", [fmt]) \
+                and ds.get("source") in sub.get("x-sources", [ds.get("source")]):
+            ds[key] = copy.deepcopy(sub["default"])
+    return ds
+
+
+def dataset_default(key: str):
+    """The schema's default of dataset key ``key`` (for a helper called outside a dataset's config)."""
+    return copy.deepcopy(_dataset_props()[key]["default"])
+
+
 def section_defaults(section: str) -> dict:
     """The schema's defaults of one config section (``pretrain``, ``evaluate``, ...)."""
     props = schema()["properties"].get(section, {}).get("properties", {})
@@ -98,6 +130,8 @@ def validate(cfg: dict, source: str = "config") -> dict:
         _fill_defaults(cfg[sec], sch["properties"][sec])
     expand_dirs(cfg, source)
     ds = cfg["datasets"]
+    for entry in ds.values():
+        dataset_defaults(entry, cfg["image_size"])
     if cfg["pretrain_dataset"] not in ds:
         raise ConfigError(f"{source}: pretrain_dataset {cfg['pretrain_dataset']!r} is not under datasets "
                           f"(known: {', '.join(ds)})")
