@@ -2,7 +2,7 @@
 step's crops) gets its own independent, reproducible stream from the study's one ``seed`` without
 coordinating offsets. ``derive_seed`` hashes ``repr`` of the key tuple as given: callers pass the same key types
 each time (ints stay ints, names stay strings), which keeps every stream stable across versions.
-Per-sample randomness inside a training step is counter-based instead (:mod:`geofm.train.batches`), keyed by
+Per-sample randomness inside a training step is counter-based instead (:mod:`geofm.data.sampler`), keyed by
 (seed, step, global row), so it costs O(local batch) per rank."""
 from __future__ import annotations
 

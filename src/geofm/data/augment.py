@@ -1,5 +1,5 @@
-"""The one preprocessing path: MAE augmentations shared by the epoch loader (:mod:`geofm.data.loader`), the trainer's
-step-indexed batches (:mod:`geofm.train.batches`), the linear probe and fine-tuning (:func:`train_batch`):
+"""The one preprocessing path: MAE augmentations shared by the one loader (:mod:`geofm.data.loader`, pretraining's
+step-indexed batches), fine-tuning (crops from :mod:`geofm.data.sampler`) and the linear probe (:func:`train_batch`):
 RandomResizedCrop(scale 0.2-1, ratio 3/4-4/3, bicubic as MAE) + horizontal flip + normalisation; and MAE's test
 transform for feature extraction and every test split (:func:`eval_batch`: resize to size/0.875, centre crop).
 Normalisation uses the statistics of the pretraining set (``stats.json`` of its tiles, carried in ``encoder.pt``).
