@@ -70,8 +70,17 @@ def _split_roots(root: Path, archive: str = "") -> list[tuple[str, Path]]:
     return []
 
 
-def collect_items(reject, roots: list[tuple[str, Path]], raw_dir: Path) -> list[tuple[str | None, Path, str, str]]:
-    """``(class path or None, file, source, split folder)`` for every image of the release.
+@dataclass(frozen=True)
+class ReleaseItem:
+    """One image of the release: its leaf class path (None: unlabelled), file, manifest name, split folder."""
+    label_name: str | None
+    path: Path
+    source: str
+    folder: str
+
+
+def collect_items(reject, roots: list[tuple[str, Path]], raw_dir: Path) -> list[ReleaseItem]:
+    """Every image of the release.
 
     ``roots``: ``(archive name or "", directory it was unpacked to / the raw directory)``; ``reject(file,
     reason)`` records what cannot be used.
@@ -94,9 +103,9 @@ def collect_items(reject, roots: list[tuple[str, Path]], raw_dir: Path) -> list[
                     src = f"{zname}/{inside}" if zname else rel(f, raw_dir)
                     depth = len(under.parts) - 1
                     if depth == 0:
-                        items.append((None, f, src, split))
+                        items.append(ReleaseItem(None, f, src, split))
                     elif depth in LEAF_DEPTHS:
-                        items.append(("/".join(under.parts[:-1]), f, src, split))
+                        items.append(ReleaseItem("/".join(under.parts[:-1]), f, src, split))
                     else:
                         reject(src, f"{src}: {depth} folder(s) below {split}/, a MillionAID leaf class lies "
                                     f"{' or '.join(map(str, LEAF_DEPTHS))} below it")
@@ -124,15 +133,6 @@ def check_counts(name: str, n_images: int, classes: list[str], cfg: dict) -> dic
     return rec
 
 
-@dataclass(frozen=True)
-class ReleaseItem:
-    """One image of the release: its leaf class path (None: unlabelled), file, manifest name, split folder."""
-    label_name: str | None
-    path: Path
-    source: str
-    folder: str
-
-
 def tile_millionaid(b, cfg: dict, raw_dir: Path, seed: int) -> None:
     """The tiler of format ``millionaid_zip`` (registered in :mod:`geofm.data.tiling.registry`)."""
     from .tiling.archives import extract_archives
@@ -140,7 +140,7 @@ def tile_millionaid(b, cfg: dict, raw_dir: Path, seed: int) -> None:
     from .tiling.folders import decode_into
 
     roots = extract_archives(raw_dir, b.tmp, float(cfg["max_extract_bytes"]))
-    items = [ReleaseItem(*it) for it in collect_items(b.reject, roots, raw_dir)]
+    items = collect_items(b.reject, roots, raw_dir)
     if not items:
         raise DataError(f"no MillionAID images under {raw_dir}: " + "; ".join(r["reason"] for r in b.rejected[:5]))
     classes = sorted({it.label_name for it in items if it.label_name is not None})
