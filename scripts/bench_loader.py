@@ -5,7 +5,8 @@ Every pipeline runs in this one process with ``torch.set_num_threads(1)`` (what 
 interleaved batch by batch so that load from other processes hits all of them alike.  Per case (dataset,
 tile size -> output size):
 
-- ``shards``: ``geofm.data.loader.StepBatches`` (the trainer's loader) over tiles made by ``tile_dataset`` (memmapped uint8 shards): per-sample
+- ``shards``: ``geofm.data.loader.StepBatches`` (the trainer's loader) over tiles made by ``tile_dataset``
+  (memmapped uint8 shards): per-sample
   RandomResizedCrop(0.2-1) cut + antialiased bilinear resize *on uint8* (torch's vectorised uint8 kernel),
   flip, then one float conversion + normalisation -> float32 batch.  This is the whole CPU pipeline.
 - ``shards, augment_on_device=normalize``: the CPU part only (crop/resize/flip in uint8; the uint8 batch
