@@ -5,7 +5,8 @@ Every pipeline runs in this one process with ``torch.set_num_threads(1)`` (what 
 interleaved batch by batch so that load from other processes hits all of them alike.  Per case (dataset,
 tile size -> output size):
 
-- ``shards``: ``geofm.data.loader`` over tiles made by ``tile_dataset`` (memmapped uint8 shards): per-sample
+- ``shards``: ``geofm.data.loader.StepBatches`` (the trainer's loader) over tiles made by ``tile_dataset``
+  (memmapped uint8 shards): per-sample
   RandomResizedCrop(0.2-1) cut + antialiased bilinear resize *on uint8* (torch's vectorised uint8 kernel),
   flip, then one float conversion + normalisation -> float32 batch.  This is the whole CPU pipeline.
 - ``shards, augment_on_device=normalize``: the CPU part only (crop/resize/flip in uint8; the uint8 batch
@@ -45,7 +46,7 @@ def run_case(archive: Path, fmt: str, tile_size: int, image_size: int, batch_siz
     from PIL import Image
     from torchvision.transforms import v2
 
-    from geofm.data.loader import make_loader
+    from geofm.data.loader import StepBatches
     from geofm.data.tiling import IMAGE_SUFFIXES, safe_extract, tile_dataset
 
     n_images = n_batches * batch_size
@@ -59,15 +60,14 @@ def run_case(archive: Path, fmt: str, tile_size: int, image_size: int, batch_siz
         t_tile = time.perf_counter() - t0
         files = sorted(p for p in safe_extract(archive, td / "x").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
-        loaders = {stage: make_loader(td / "tiles", None, batch_size, image_size, seed=0, augment=True,
-                                      augment_on_device=stage) for stage in ("none", "normalize", "all")}
+        loaders = {stage: StepBatches(td / "tiles", batch_size, image_size, seed=0, augment=True, split=None,
+                                      steps=10**9, augment_on_device=stage) for stage in ("none", "normalize", "all")}
 
-        def batches(loader):  # the worker side: loader._make_batch, cycling epochs
-            epoch = 0
+        def batches(loader):  # the worker side: one step's batch after the other
+            step = 0
             while True:
-                for i, idx in enumerate(loader.batches(epoch)):
-                    yield loader._make_batch(idx, epoch, i)
-                epoch += 1
+                yield loader.batch(step)
+                step += 1
 
         rrc = dict(scale=(0.2, 1.0), antialias=True)
         tf = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(image_size, **rrc), v2.RandomHorizontalFlip(),
@@ -99,9 +99,7 @@ def run_case(archive: Path, fmt: str, tile_size: int, image_size: int, batch_siz
                 fn(k + 1)
                 times[name] += time.perf_counter() - t0
         # same result whether finished on the CPU or on "the device" (here: the CPU again)
-        x_cpu, _ = loaders["none"]._make_batch(loaders["none"].batches(0)[0], 0, 0)
-        x_dev, _ = loaders["all"]._make_batch(loaders["all"].batches(0)[0], 0, 0)
-        same = torch.equal(x_cpu, x_dev.to("cpu"))
+        same = torch.equal(loaders["none"].batch(0), loaders["all"].batch(0).to("cpu"))
     return {"archive": archive.name, "n_files": len(files), "fmt": fmt, "t_tile": t_tile, "n_images": n_images,
             "rates": {name: n_images / t for name, t in times.items()}, "same": same}
 

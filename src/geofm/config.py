@@ -43,21 +43,23 @@ def _lookup(cfg: dict, dotted: str):
     return node
 
 
-def _walk_defaults(node: dict, sch: dict, visit) -> None:
+def _walk_defaults(node: dict, sch: dict, visit, top: dict | None = None) -> None:
     """Call ``visit(node, key, subschema)`` for every key the schema describes under ``node``: its properties,
     each entry of a mapping whose entries share one object schema (``datasets.<name>``), recursively. The
     override mappings (``per_model``, ``variants``: additionalProperties without their own defaults) are walked
-    too, which is harmless because they have none (a unit test keeps it so)."""
+    too, which is harmless because they have none (a unit test keeps it so). The ``datasets`` entries of the
+    top level are left to :func:`dataset_defaults`, whose defaults depend on each entry's format and source."""
+    top = node if top is None else top
     for key, sub in sch.get("properties", {}).items():
         visit(node, key, sub)
         val = node.get(key)
-        if isinstance(val, dict):
-            _walk_defaults(val, sub, visit)
+        if isinstance(val, dict) and not (node is top and key == "datasets"):
+            _walk_defaults(val, sub, visit, top)
     extra = sch.get("additionalProperties")
     if isinstance(extra, dict) and extra.get("properties"):
         for val in node.values():
             if isinstance(val, dict):
-                _walk_defaults(val, extra, visit)
+                _walk_defaults(val, extra, visit, top)
 
 
 def fill_defaults(cfg: dict, sch: dict | None = None) -> dict:
@@ -103,6 +105,38 @@ def _variant_keys() -> tuple[str, ...]:
 
 # the settings a profile variant may override (profile.variants.<name>.<key>): the schema's list, the one list
 PROFILE_VARIANT_KEYS = _variant_keys()
+
+
+def _dataset_props() -> dict:
+    return schema()["properties"]["datasets"]["additionalProperties"]["properties"]
+
+
+def dataset_defaults(ds: dict, image_size: int | None = None) -> dict:
+    """Fill the defaults of one ``datasets.<name>`` entry in place (and return it): first its format's own
+    (the format registry, :mod:`geofm.data.tiling.registry`: e.g. EuroSAT's 64 px ``tile_size``; a scene
+    format without ``tile_size`` takes the study's ``image_size``), then the schema's, each only where the
+    key's ``x-formats`` / ``x-sources`` (absent: all) include the dataset's. The one place dataset defaults
+    are applied: :func:`validate` calls it for every dataset, the tiler and the fetcher for an entry given
+    to them directly."""
+    from .data.tiling.registry import FORMATS, format_of
+
+    fmt = format_of(ds)
+    spec = FORMATS.get(fmt)
+    if spec is not None:
+        for key, value in spec.defaults.items():
+            ds.setdefault(key, copy.deepcopy(value))
+        if spec.tile_size_from_study and image_size and not ds.get("tile_size"):
+            ds["tile_size"] = int(image_size)
+    for key, sub in _dataset_props().items():
+        if "default" in sub and key not in ds and fmt in sub.get("x-formats", [fmt]) \
+                and ds.get("source") in sub.get("x-sources", [ds.get("source")]):
+            ds[key] = copy.deepcopy(sub["default"])
+    return ds
+
+
+def dataset_default(key: str):
+    """The schema's default of dataset key ``key`` (for a helper called outside a dataset's config)."""
+    return copy.deepcopy(_dataset_props()[key]["default"])
 
 
 def section_defaults(section: str) -> dict:
@@ -155,6 +189,8 @@ def validate(cfg: dict, source: str = "config") -> dict:
     cfg = fill_defaults(copy.deepcopy(cfg), sch)  # every default lives in the schema
     expand_dirs(cfg, source)
     ds = cfg["datasets"]
+    for entry in ds.values():
+        dataset_defaults(entry, cfg["image_size"])
     if cfg["pretrain_dataset"] not in ds:
         raise ConfigError(f"{source}: pretrain_dataset {cfg['pretrain_dataset']!r} is not under datasets "
                           f"(known: {', '.join(ds)})")

@@ -1,66 +1,57 @@
-"""make_loader: rank split (disjoint, deterministic), shapes/normalisation, batched MAE augmentations."""
+"""The one loader (StepBatches over the step-indexed sampler): shapes/normalisation, workers, device stages,
+world-size independence; the batched MAE augmentations it shares with evaluation."""
 
 from __future__ import annotations
 
-import itertools
-
-import numpy as np
 import pytest
 import torch
 
-from geofm.data import DataError
-from geofm.data.loader import infinite_batches, make_loader, mae_augment, sample_crop_boxes
+from geofm.data.augment import resized_crop, sample_augment, sample_crop_boxes
+from geofm.data.loader import StepBatches
+from geofm.data.sampler import StepSampler
 
 
-def test_rank_split_disjoint_and_deterministic(scene_tiles):
-    ws = 3
-    loaders = [make_loader(scene_tiles, None, 4, 32, rank=r, world_size=ws, seed=7) for r in range(ws)]
-    n = len(loaders[0].dataset)
-    for epoch in (0, 1):
-        for ld in loaders:
-            ld.set_epoch(epoch)
-        parts = [ld.rank_indices() for ld in loaders]
-        assert len({len(p) for p in parts}) == 1 and len(parts[0]) == n // ws
-        flat = np.concatenate(parts)
-        assert len(set(flat.tolist())) == len(flat)  # disjoint
-        assert set(flat.tolist()) <= set(range(n))
-    again = make_loader(scene_tiles, None, 4, 32, rank=1, world_size=ws, seed=7)
-    again.set_epoch(1)
-    np.testing.assert_array_equal(again.rank_indices(), loaders[1].rank_indices())
-    assert not np.array_equal(again.rank_indices(0), again.rank_indices(1))  # reshuffled per epoch
-    other_seed = make_loader(scene_tiles, None, 4, 32, rank=1, world_size=ws, seed=8)
-    assert not np.array_equal(other_seed.rank_indices(1), again.rank_indices(1))
-    # no drop_last: padded like DistributedSampler, every sample covered
-    pad = [make_loader(scene_tiles, None, 4, 32, rank=r, world_size=ws, drop_last=False) for r in range(ws)]
-    cover = np.concatenate([p.rank_indices() for p in pad])
-    assert set(cover.tolist()) == set(range(n)) and len(cover) == -(-n // ws) * ws
+def _mae_augment(x, size, gen, scale=(0.2, 1.0)):
+    boxes, flips = sample_augment(x.shape[0], x.shape[-2], x.shape[-1], gen, scale=scale)
+    return resized_crop(x, boxes, size, flips).float()
 
 
 def test_batches_shapes_normalisation_and_reproducibility(scene_tiles):
-    ld = make_loader(scene_tiles, "train", 8, 24, seed=1)
-    ld.set_epoch(2)
-    b1 = list(ld)
-    b2 = list(ld)
-    assert len(b1) == len(ld) == len(ld.dataset) // 8
-    x, y = b1[0]
-    assert x.dtype == torch.float32 and x.shape == (8, 3, 24, 24) and y.dtype == torch.int64 and y.shape == (8,)
-    for (xa, ya), (xb, yb) in zip(b1, b2):
-        assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    ld.set_epoch(3)
-    assert not torch.equal(next(iter(ld))[0], b1[0][0])
-    # without augmentation, the train split normalises to ~zero mean / unit std per band
-    plain = make_loader(scene_tiles, "train", 16, 32, augment=False, drop_last=False)
-    allx = torch.cat([b[0] for b in plain])
-    assert allx.shape[0] == len(plain.dataset)
+    ld = StepBatches(scene_tiles, 8, 24, seed=1, split="train", steps=4)
+    b1, b2 = [ld[i] for i in range(len(ld))], [ld[i] for i in range(len(ld))]
+    assert len(b1) == 4 and b1[0].dtype == torch.float32 and b1[0].shape == (8, 3, 24, 24)
+    assert all(torch.equal(a, b) for a, b in zip(b1, b2)) and not torch.equal(b1[0], b1[1])
+    assert not torch.equal(StepBatches(scene_tiles, 8, 24, seed=2, split="train", steps=1)[0], b1[0])
+    # without augmentation, one epoch of the train split normalises to ~zero mean / unit std per band
+    n = len(ld.ds)
+    plain = StepBatches(scene_tiles, n, 32, split="train", augment=False, steps=1)
+    allx = plain[0]
+    assert sorted(plain.indices(0).tolist()) == list(range(n))
     torch.testing.assert_close(allx.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4, rtol=0)
     torch.testing.assert_close(allx.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-2, rtol=0)
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        StepBatches(scene_tiles, 10_000, 32, split="val")
 
 
 def test_workers_give_identical_batches(scene_tiles):
-    a = make_loader(scene_tiles, "train", 16, 32, seed=3)
-    b = make_loader(scene_tiles, "train", 16, 32, seed=3, num_workers=1)
-    for (xa, ya), (xb, yb) in zip(a, b):
-        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    data = StepBatches(scene_tiles, 16, 32, seed=3, split="train", start=2, steps=6)
+    a = list(torch.utils.data.DataLoader(data, batch_size=None, num_workers=0))
+    b = list(torch.utils.data.DataLoader(data, batch_size=None, num_workers=2))
+    assert len(a) == len(b) == 4 and all(torch.equal(x, y) for x, y in zip(a, b))
+    assert torch.equal(a[0], data.batch(2))
+
+
+def test_sampler_crops_follow_the_scale_and_are_per_row():
+    one = StepSampler(100, 8, seed=4)
+    half = StepSampler(100, 8, seed=4, rank=1, world=2)
+    boxes, flips = one.crops(3, 40, 30, scale=(0.5, 0.6))
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / (40 * 30)
+    assert (area >= 0.5 - 1e-4).all() and (area <= 0.6 + 1e-4).all()
+    hb, hf = half.crops(3, 40, 30, scale=(0.5, 0.6))
+    assert torch.equal(hb, boxes[1::2]) and torch.equal(hf, flips[1::2])
+    assert not torch.equal(one.crops(4, 40, 30)[0], one.crops(3, 40, 30)[0])
+    with pytest.raises(ValueError, match="not divisible"):
+        StepSampler(100, 9, seed=0, world=2)
 
 
 def test_crop_boxes_and_flip():
@@ -75,41 +66,26 @@ def test_crop_boxes_and_flip():
     assert ratio.min() >= 3 / 4 - 1e-4 and ratio.max() <= 4 / 3 + 1e-4
     # a full-image "crop" with flip reproduces the mirrored input; a constant image stays constant
     x = torch.rand(4, 3, 16, 16)
-    out = mae_augment(x, 16, torch.Generator().manual_seed(1), scale=(1.0, 1.0))
+    out = _mae_augment(x, 16, torch.Generator().manual_seed(1), scale=(1.0, 1.0))
     for i in range(4):
         ok = torch.allclose(out[i], x[i], atol=0.35) or torch.allclose(out[i], x[i].flip(-1), atol=0.35)
         assert out[i].shape == (3, 16, 16) and ok
     c = torch.full((2, 3, 40, 40), 0.25)
-    torch.testing.assert_close(mae_augment(c, 8, torch.Generator().manual_seed(2)), torch.full((2, 3, 8, 8), 0.25))
-
-
-def test_infinite_batches_and_too_small(scene_tiles):
-    ld = make_loader(scene_tiles, "train", 32, 32, seed=0)
-    per_epoch = len(ld)
-    it = infinite_batches(ld)
-    batches = list(itertools.islice(it, per_epoch * 2 + 1))
-    assert len(batches) == per_epoch * 2 + 1 and ld.epoch == 2
-    with pytest.raises(DataError, match="not one batch"):
-        make_loader(scene_tiles, "val", 10_000, 32)
+    torch.testing.assert_close(_mae_augment(c, 8, torch.Generator().manual_seed(2)), torch.full((2, 3, 8, 8), 0.25))
 
 
 def test_augment_on_device_stages_agree(scene_tiles):
     """"normalize"/"all" yield DeviceBatch objects whose .to(device) equals the CPU pipeline's batch."""
     from geofm.data.augment import DeviceBatch
 
-    ref = make_loader(scene_tiles, "train", 8, 24, seed=5)
-    ref.set_epoch(1)
+    ref = StepBatches(scene_tiles, 8, 24, seed=5, split="train", steps=2)
     for stage in ("normalize", "all", True):
-        ld = make_loader(scene_tiles, "train", 8, 24, seed=5, augment_on_device=stage)
-        ld.set_epoch(1)
-        for (xa, ya), (xb, yb) in zip(ref, ld):
-            assert isinstance(xb, DeviceBatch) and xb.shape == xa.shape
-            assert torch.equal(xb.to("cpu"), xa) and torch.equal(ya, yb)
-        dev = make_loader(scene_tiles, "train", 8, 24, seed=5, augment_on_device=stage, device="cpu")
-        dev.set_epoch(1)
-        assert torch.equal(next(iter(dev))[0], next(iter(ref))[0])
+        ld = StepBatches(scene_tiles, 8, 24, seed=5, split="train", steps=2, augment_on_device=stage)
+        for s in range(2):
+            xb = ld[s]
+            assert isinstance(xb, DeviceBatch) and xb.shape == ref[s].shape and torch.equal(xb.to("cpu"), ref[s])
     with pytest.raises(ValueError, match="augment_on_device"):
-        make_loader(scene_tiles, "train", 8, 24, augment_on_device="gpu")
+        StepBatches(scene_tiles, 8, 24, split="train", augment_on_device="gpu")
 
 
 def test_uint8_resized_crop_matches_float_reference():
@@ -141,8 +117,6 @@ def test_uint8_resized_crop_matches_float_reference():
 
 def test_step_batches_share_the_augmentation(scene_tiles):
     """The trainer's StepBatches: same uint8 augmentation, world-size independent, DeviceBatch equivalent."""
-    from geofm.train.batches import StepBatches
-
     one = StepBatches(scene_tiles, 8, 24, seed=3, split="train", steps=3)
     halves = [StepBatches(scene_tiles, 8, 24, rank=r, world=2, seed=3, split="train", steps=3) for r in (0, 1)]
     dev = StepBatches(scene_tiles, 8, 24, rank=1, world=2, seed=3, split="train", steps=3, augment_on_device="all")

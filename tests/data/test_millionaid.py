@@ -1,6 +1,5 @@
 """MillionAID in its official layout (generated trees): leaves at depths 2 and 3 under train/, a hierarchical
 or a flat test/ folder, TorchGeo's archive names train.zip / test.zip."""
-import json
 import zipfile
 from pathlib import Path
 

@@ -19,7 +19,7 @@ from rasterio.transform import from_origin
 
 from geofm.data import DataError
 from geofm.data.shards import TileDataset
-from geofm.data.tiling import EUROSAT_MS_BANDS, RAR_TOOLS, _extract_rar, tile_dataset
+from geofm.data.tiling import EUROSAT_MS_BANDS, RAR_TOOLS, extract_rar, tile_dataset
 
 FIX = Path(__file__).parent / "fixtures"
 CLASSES = ("AnnualCrop", "Forest", "River")
@@ -99,7 +99,7 @@ def _have_rar_tool() -> bool:
                     "install libarchive-tools for bsdtar")
 @pytest.mark.parametrize("name", ["rar3-subdirs.rar", "rar5-subdirs.rar"])
 def test_extract_real_rar(name, tmp_path):
-    out = _extract_rar(FIX / name, tmp_path / "x")
+    out = extract_rar(FIX / name, tmp_path / "x")
     files = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert files["sub/dir1/file1.txt"] == b"file1\n" and files["sub/dir2/file2.txt"] == b"file2\n"
     assert "sub/with space/long fn.txt" in files and len(files) == 4  # incl. the non-ASCII directory's file
@@ -110,7 +110,7 @@ def test_extract_real_rar(name, tmp_path):
 def test_rar_symlink_traversal_refused(tmp_path):
     dest = tmp_path / "a" / "x"
     with pytest.raises(DataError, match="rar5-evil-symlink-traversal.rar"):
-        _extract_rar(FIX / "rar5-evil-symlink-traversal.rar", dest)
+        extract_rar(FIX / "rar5-evil-symlink-traversal.rar", dest)
     assert not (tmp_path / "a" / "pwned.txt").exists()
     assert not any(p.is_symlink() for p in tmp_path.rglob("*"))
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from geofm.data.parallel_shards import decode_shards, shard_size
-from geofm.data.tiling import _decode_image, tile_dataset
+from geofm.data.tiling import decode_image, tile_dataset
 
 
 def _folder(root: Path, n_per_class=5, classes=("farm", "forest", "river")) -> list[Path]:
@@ -42,7 +42,7 @@ def test_parallel_tiling_equals_one_process(tmp_path, workers):
     assert sorted(p.name for p in (tmp_path / "par").glob("shard-*.npy")) == [f"shard-0000{i}.npy" for i in range(4)]
     for _, r in b.iterrows():  # every row points at its own tile
         tile = np.load(tmp_path / "par" / f"shard-{r['shard']:05d}.npy")[r["index"]]
-        want, _ = _decode_image(str(raw / r["source"]), 16)
+        want, _ = decode_image(str(raw / r["source"]), 16)
         assert np.array_equal(tile, want)
     assert not (tmp_path / ".par.shards").exists()  # the per-shard work is gone once the stage is done
 
@@ -54,7 +54,7 @@ def _counting_decode(path, stop_after=None):
     _CALLS.append(path)
     if stop_after is not None and len(_CALLS) > stop_after:
         raise KeyboardInterrupt  # the job dies (walltime, node failure) mid-shard
-    return _decode_image(path, 16)
+    return decode_image(path, 16)
 
 
 def test_interrupted_run_resumes_per_shard(tmp_path):

@@ -1,5 +1,5 @@
-"""The one preprocessing path: MAE augmentations shared by the epoch loader (:mod:`geofm.data.loader`), the trainer's
-step-indexed batches (:mod:`geofm.train.batches`), the linear probe and fine-tuning (:func:`train_batch`):
+"""The one preprocessing path: MAE augmentations shared by the one loader (:mod:`geofm.data.loader`, pretraining's
+step-indexed batches), fine-tuning (crops from :mod:`geofm.data.sampler`) and the linear probe (:func:`train_batch`):
 RandomResizedCrop(scale 0.2-1, ratio 3/4-4/3, bicubic as MAE) + horizontal flip + normalisation; and MAE's test
 transform for feature extraction and every test split (:func:`eval_batch`: resize to size/0.875, centre crop).
 Normalisation uses the statistics of the pretraining set (``stats.json`` of its tiles, carried in ``encoder.pt``).
@@ -204,13 +204,18 @@ def eval_batch(images_uint8: torch.Tensor, out: int, mean, std, crop_pct: float 
 
 
 def train_batch(images_uint8: torch.Tensor, out: int, mean, std, gen: torch.Generator, scale=(0.2, 1.0),
-                mode: str = INTERPOLATION, rows: slice | None = None, n_global: int | None = None) -> torch.Tensor:
-    """The training view: random-resized crop (``scale``) + horizontal flip + normalisation. The boxes and flips
-    are drawn for ``n_global`` rows (default: the batch) and ``rows`` of them are applied to ``images_uint8``."""
-    n = images_uint8.shape[0] if n_global is None else n_global
-    boxes, flips = sample_augment(n, images_uint8.shape[-2], images_uint8.shape[-1], gen, scale=tuple(scale))
-    if rows is not None:
-        boxes, flips = boxes[rows], flips[rows]
+                mode: str = INTERPOLATION) -> torch.Tensor:
+    """The training view with its crop boxes and flips drawn from ``gen`` for the batch (the linear probe's
+    augmented features)."""
+    boxes, flips = sample_augment(images_uint8.shape[0], images_uint8.shape[-2], images_uint8.shape[-1], gen,
+                                  scale=tuple(scale))
+    return train_view(images_uint8, out, mean, std, boxes, flips, mode)
+
+
+def train_view(images_uint8: torch.Tensor, out: int, mean, std, boxes: torch.Tensor, flips: torch.Tensor,
+               mode: str = INTERPOLATION) -> torch.Tensor:
+    """The training view: random-resized crop ``boxes`` + horizontal ``flips`` + normalisation (the boxes and
+    flips drawn by :func:`train_batch`, or per sample by :class:`geofm.data.sampler.StepSampler`)."""
     m, s = norm_params(mean, std)
     return normalize(resized_crop(images_uint8, boxes, out, flips, mode), m, s)
 

@@ -22,11 +22,11 @@ matrix-product upsampling for smooth noise, lookup tables for per-region / per-p
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from ..common.io import atomic_path, write_json
 
 CLASSES = ["water", "forest", "fields", "built_up", "bare_soil"]
 PIXEL_SIZE = 10.0
@@ -210,17 +210,13 @@ def synthesize_scenes(out_dir, n_scenes: int = 3, size: int = 2048, bands: int =
             (out_dir / f"{stem}.tif", img, dict(count=bands, photometric="RGB" if bands == 3 else "MINISBLACK")),
             (out_dir / f"{stem}_labels.tif", labels[None], dict(count=1)),
         ):
-            tmp = path.with_name(path.name + ".tmp")
-            with rasterio.open(tmp, "w", **profile, **kw) as dst:
+            with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile, **kw) as dst:
                 dst.write(arr)
                 if arr.shape[0] == 1:
                     dst.set_band_description(1, "land cover class index (see classes.json)")
-            os.replace(tmp, path)
             written.append(path)
     classes_path = out_dir / "classes.json"
-    tmp = classes_path.with_name("classes.json.tmp")
-    tmp.write_text(json.dumps({"classes": CLASSES, "label_raster_suffix": "_labels.tif", "crs": CRS,
-                               "pixel_size": PIXEL_SIZE}, indent=2) + "\n")
-    os.replace(tmp, classes_path)
+    write_json(classes_path, {"classes": CLASSES, "label_raster_suffix": "_labels.tif", "crs": CRS,
+                              "pixel_size": PIXEL_SIZE})
     written.append(classes_path)
     return written

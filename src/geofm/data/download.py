@@ -23,7 +23,6 @@ atomically, so its presence means the download is complete.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 import time
@@ -32,6 +31,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from ..common.io import write_json
 from . import DataError
 
 DOWNLOAD_JSON = "download.json"
@@ -39,7 +39,8 @@ CHUNK = 1 << 20
 USER_AGENT = "geofm-scale/0.1 (+urllib)"
 
 
-def sha256_file(path, chunk: int = CHUNK, algo: str = "sha256") -> str:
+def file_digest(path, algo: str, chunk: int = CHUNK) -> str:
+    """Hex digest of a file's bytes with ``hashlib`` algorithm ``algo`` (``sha256``, ``md5``), read in chunks."""
     h = hashlib.new(algo)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
@@ -47,20 +48,14 @@ def sha256_file(path, chunk: int = CHUNK, algo: str = "sha256") -> str:
     return h.hexdigest()
 
 
-def _atomic_write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def sha256_file(path) -> str:
+    return file_digest(path, "sha256")
 
 
-def _verify_sha256(path: Path, expected: str | None, algo: str = "sha256") -> None:
+def _verify_digest(path: Path, expected: str | None, algo: str) -> None:
     if not expected:
         return
-    actual = sha256_file(path, algo=algo)
+    actual = file_digest(path, algo)
     if actual.lower() != str(expected).strip().lower():
         rejected = path.with_name(path.name + ".rejected")
         os.replace(path, rejected)
@@ -70,8 +65,8 @@ def _verify_sha256(path: Path, expected: str | None, algo: str = "sha256") -> No
 
 def _verify_checksums(path: Path, ds_cfg: dict) -> None:
     """``sha256:`` and/or ``md5:`` (the only checksum some datasets publish) from the config."""
-    _verify_sha256(path, ds_cfg.get("sha256"))
-    _verify_sha256(path, ds_cfg.get("md5"), algo="md5")
+    _verify_digest(path, ds_cfg.get("sha256"), "sha256")
+    _verify_digest(path, ds_cfg.get("md5"), "md5")
 
 
 def _link_local(src: Path, raw_dir: Path) -> tuple[Path, dict]:
@@ -194,9 +189,7 @@ def _fetch_url(ds_cfg: dict, raw_dir: Path) -> tuple[list[Path], str]:
     expected = ds_cfg.get("sha256")
     if dst.exists() and expected and sha256_file(dst) == str(expected).strip().lower():
         return [dst], url or mirror  # already complete and verified
-    retries = int(ds_cfg.get("retries", 5))
-    backoff = float(ds_cfg.get("backoff_s", 1.0))
-    timeout = float(ds_cfg.get("timeout_s", 60.0))
+    retries, backoff, timeout = int(ds_cfg["retries"]), float(ds_cfg["backoff_s"]), float(ds_cfg["timeout_s"])
     candidates = [u for u in (mirror, url) if u]
     errors = []
     for u in candidates:
@@ -212,7 +205,11 @@ def _fetch_url(ds_cfg: dict, raw_dir: Path) -> tuple[list[Path], str]:
 
 
 def fetch_dataset(name: str, ds_cfg: dict, raw_dir) -> Path:
-    """Fetch dataset ``name`` into ``raw_dir``; returns the path of the written ``download.json``."""
+    """Fetch dataset ``name`` into ``raw_dir``; returns the path of the written ``download.json``.
+    ``ds_cfg`` is its ``datasets.<name>`` entry (its defaults are filled here, as load_config does)."""
+    from ..config import dataset_defaults
+
+    ds_cfg = dataset_defaults(dict(ds_cfg))
     raw_dir = Path(raw_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
     source = ds_cfg.get("source")
@@ -223,14 +220,16 @@ def fetch_dataset(name: str, ds_cfg: dict, raw_dir) -> Path:
         if not parent:
             raise DataError(f"dataset {name!r}: source 'derived' needs 'from: <scenes dataset>'")
         record.update({"from": parent, "files": []})
-        _atomic_write_json(manifest, record)
+        write_json(manifest, record)
         return manifest
 
     if source == "synthetic":
         from .demo import synthesize_scenes
 
-        files = synthesize_scenes(raw_dir, n_scenes=int(ds_cfg.get("n_scenes", 3)), size=int(ds_cfg.get("size", 2048)),
-                                  bands=int(ds_cfg.get("bands", 3)), seed=int(ds_cfg.get("seed", 0)))
+        if "seed" not in ds_cfg:
+            raise DataError(f"dataset {name!r}: a synthetic source needs a 'seed' (run_download passes the study's)")
+        files = synthesize_scenes(raw_dir, n_scenes=int(ds_cfg["n_scenes"]), size=int(ds_cfg["size"]),
+                                  bands=int(ds_cfg["bands"]), seed=int(ds_cfg["seed"]))
         record["params"] = {k: ds_cfg.get(k) for k in ("n_scenes", "size", "bands", "seed") if k in ds_cfg}
     elif source == "local" or (source == "url" and ds_cfg.get("path")):
         if not ds_cfg.get("path"):
@@ -244,7 +243,7 @@ def fetch_dataset(name: str, ds_cfg: dict, raw_dir) -> Path:
             record["url"] = ds_cfg.get("url")
         if info:  # a tree: counted, not hashed
             record["files"] = [{"path": link.name, **info}]
-            _atomic_write_json(manifest, record)
+            write_json(manifest, record)
             return manifest
         _verify_checksums(link, ds_cfg)
         files = [link]
@@ -257,5 +256,5 @@ def fetch_dataset(name: str, ds_cfg: dict, raw_dir) -> Path:
 
     record["files"] = [{"path": f.relative_to(raw_dir).as_posix(), "sha256": sha256_file(f),
                         "bytes": f.stat().st_size} for f in sorted(files)]
-    _atomic_write_json(manifest, record)
+    write_json(manifest, record)
     return manifest

@@ -34,19 +34,19 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import DataError
+from .tiling.archives import rel
+from .tiling.folders import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-PUBLISHED_IMAGES = 1_000_848  # Long et al., JSTARS 2021 / captain-whu.github.io/DiRS
-PUBLISHED_CLASSES = 51  # leaves of the category tree
 LEAF_DEPTHS = (2, 3)  # folders between the split folder and an image, for a labelled image
 SPLIT_DIRS = ("train", "test")
 # the archive names and md5s TorchGeo publishes (torchgeo/datasets/millionaid.py, MillionAID.md5s)
 TORCHGEO_ARCHIVES = {"train.zip": "1b40503cafa9b0601653ca36cd788852", "test.zip": "51a63ee3eeb1351889eacff349a983d8"}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 
 
 def _split_roots(root: Path, archive: str = "") -> list[tuple[str, Path]]:
@@ -70,8 +70,17 @@ def _split_roots(root: Path, archive: str = "") -> list[tuple[str, Path]]:
     return []
 
 
-def collect_items(reject, roots: list[tuple[str, Path]], raw_dir: Path) -> list[tuple[str | None, Path, str, str]]:
-    """``(class path or None, file, source, split folder)`` for every image of the release.
+@dataclass(frozen=True)
+class ReleaseItem:
+    """One image of the release: its leaf class path (None: unlabelled), file, manifest name, split folder."""
+    label_name: str | None
+    path: Path
+    source: str
+    folder: str
+
+
+def collect_items(reject, roots: list[tuple[str, Path]], raw_dir: Path) -> list[ReleaseItem]:
+    """Every image of the release.
 
     ``roots``: ``(archive name or "", directory it was unpacked to / the raw directory)``; ``reject(file,
     reason)`` records what cannot be used.
@@ -89,33 +98,27 @@ def collect_items(reject, roots: list[tuple[str, Path]], raw_dir: Path) -> list[
                     f = Path(dirpath) / fn
                     if f.suffix.lower() not in IMAGE_SUFFIXES or fn.startswith("."):
                         continue
-                    rel = f.relative_to(sdir)
+                    under = f.relative_to(sdir)
                     inside = f.relative_to(root).as_posix()
-                    src = f"{zname}/{inside}" if zname else _rel(f, raw_dir)
-                    depth = len(rel.parts) - 1
+                    src = f"{zname}/{inside}" if zname else rel(f, raw_dir)
+                    depth = len(under.parts) - 1
                     if depth == 0:
-                        items.append((None, f, src, split))
+                        items.append(ReleaseItem(None, f, src, split))
                     elif depth in LEAF_DEPTHS:
-                        items.append(("/".join(rel.parts[:-1]), f, src, split))
+                        items.append(ReleaseItem("/".join(under.parts[:-1]), f, src, split))
                     else:
                         reject(src, f"{src}: {depth} folder(s) below {split}/, a MillionAID leaf class lies "
                                     f"{' or '.join(map(str, LEAF_DEPTHS))} below it")
     return items
 
 
-def _rel(p: Path, root: Path) -> str:
-    try:
-        return p.relative_to(root).as_posix()
-    except ValueError:
-        return str(p)
-
-
-def check_counts(name: str, n_images: int, classes: list[str], ds_cfg: dict) -> dict:
-    """Compare what was found with the published totals; returns the ``count_check`` record, raises
-    :class:`DataError` below ``min_count_fraction`` or with fewer classes than expected."""
-    exp_n = int(ds_cfg.get("expected_images", PUBLISHED_IMAGES))
-    exp_c = int(ds_cfg.get("expected_classes", PUBLISHED_CLASSES))
-    frac = float(ds_cfg.get("min_count_fraction", 0.99))
+def check_counts(name: str, n_images: int, classes: list[str], cfg: dict) -> dict:
+    """Compare what was found with ``expected_images`` / ``expected_classes`` (schema defaults: the published
+    totals); returns the ``count_check`` record, raises :class:`DataError` below ``min_count_fraction`` or
+    with fewer classes than expected."""
+    exp_n = int(cfg["expected_images"])
+    exp_c = int(cfg["expected_classes"])
+    frac = float(cfg["min_count_fraction"])
     rec = {"images": int(n_images), "expected_images": exp_n, "classes": len(classes), "expected_classes": exp_c,
            "min_count_fraction": frac, "shortfall": max(0, exp_n - int(n_images))}
     msg = (f"dataset {name!r}: {n_images:,} images in {len(classes)} leaf classes; the release has {exp_n:,} "
@@ -130,48 +133,35 @@ def check_counts(name: str, n_images: int, classes: list[str], ds_cfg: dict) -> 
     return rec
 
 
-def tile_millionaid(b, fmt, ds_cfg, raw_dir: Path, parent_raw_dir, seed: int) -> None:
-    """The tiler of format ``millionaid_zip`` (called by :func:`geofm.data.tiling.tile_dataset`)."""
-    from functools import partial
+def tile_millionaid(b, cfg: dict, raw_dir: Path, seed: int) -> None:
+    """The tiler of format ``millionaid_zip`` (registered in :mod:`geofm.data.tiling.registry`)."""
+    from .tiling.archives import extract_archives
+    from .tiling.builder import split_labelled
+    from .tiling.folders import decode_into
 
-    from .parallel_shards import decode_shards, default_workers, shard_size
-    from .tiling import _decode_image, _extract_archives, _seeded_rng, stratified_split
-
-    S = b.tile_size
-    items = collect_items(b.reject, _extract_archives(b, ds_cfg, raw_dir), raw_dir)
+    roots = extract_archives(raw_dir, b.tmp, float(cfg["max_extract_bytes"]))
+    items = collect_items(b.reject, roots, raw_dir)
     if not items:
         raise DataError(f"no MillionAID images under {raw_dir}: " + "; ".join(r["reason"] for r in b.rejected[:5]))
-    classes = sorted({c for c, _, _, _ in items if c is not None})
-    b.extra["count_check"] = check_counts(b.name, len(items), classes, ds_cfg)
+    classes = sorted({it.label_name for it in items if it.label_name is not None})
+    b.extra["count_check"] = check_counts(b.name, len(items), classes, cfg)
     b.classes = classes
     cidx = {c: i for i, c in enumerate(classes)}
+
+    def row_of(it: ReleaseItem, meta: dict) -> dict:
+        return {"tile_id": it.source, "source": it.source, "row_off": 0, "col_off": 0, "height": meta["height"],
+                "width": meta["width"], "crs": None, "geometry": None,
+                "label": -1 if it.label_name is None else cidx[it.label_name], "label_name": it.label_name or "",
+                "split": "train"}
+
     # ~1M images: decoded in parallel processes, shard by shard, resumed per shard after an interrupted run
-    # (geofm.data.parallel_shards, as for the other image folders)
-    per_shard = shard_size(3, S, b.shard_max_mb)
-    groups = decode_shards([str(f) for _, f, _, _ in items], partial(_decode_image, S=S), per_shard, b.work_dir,
-                           int(ds_cfg.get("workers") or default_workers()),
-                           {"format": fmt, "tile_size": S, "sources": [src for _, _, src, _ in items]})
-    for k, (npy, metas) in enumerate(groups):
-        rows = []
-        for (cname, _, src, _), meta in zip(items[k * per_shard:(k + 1) * per_shard], metas):
-            if not meta["ok"]:
-                b.reject(src, f"cannot decode image {src}: {meta['reason']}")
-                continue
-            rows.append({"tile_id": src, "source": src, "row_off": 0, "col_off": 0, "height": meta["height"],
-                         "width": meta["width"], "crs": None, "geometry": None,
-                         "label": -1 if cname is None else cidx[cname], "label_name": cname or "",
-                         "split": "train"})
-        if rows:
-            b.add_shard(npy, rows)
+    decode_into(b, "millionaid_zip", cfg, items, row_of)
     labelled = [r for r in b.rows if r["label"] >= 0]
     if not labelled:
         raise DataError(f"dataset {b.name!r}: no image in a leaf class folder under {raw_dir}")
-    splits = stratified_split([r["label"] for r in labelled], float(ds_cfg.get("train_ratio", 0.8)),
-                              float(ds_cfg.get("val_ratio", 0.0)), _seeded_rng(seed, b.name, "split"))
-    for r, sp in zip(labelled, splits):
-        r["split"] = str(sp)
+    split_labelled(b, labelled, cfg, seed)
     n_unlab = len(b.rows) - len(labelled)
     b.extra.update({"pretrain_split": None, "labelled": len(labelled), "unlabelled": n_unlab,
-                    "folders": {k: sum(1 for it in items if it[3] == k) for k in SPLIT_DIRS}})
+                    "folders": {k: sum(1 for it in items if it.folder == k) for k in SPLIT_DIRS}})
     log.info("%s: %d images (%d labelled in %d classes, %d unlabelled)", b.name, len(b.rows), len(labelled),
              len(classes), n_unlab)

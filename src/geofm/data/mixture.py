@@ -20,9 +20,6 @@ normalise with) and the tile count per part. Every part must have the same numbe
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,54 +30,46 @@ from . import DataError
 PART_SPLITS = ("train", "all")
 
 
-def tile_mixture(name: str, ds_cfg: dict, part_dirs: dict[str, Path], out_dir, chunk: int = 512) -> dict:
+def tile_mixture(name: str, ds_cfg: dict, part_dirs: dict[str, Path], out_dir) -> dict:
     """Write the mixture ``name`` of the tiles directories ``part_dirs`` (dataset -> tiles dir) into
-    ``out_dir`` atomically; returns its stats."""
+    ``out_dir`` atomically; returns its stats (:func:`geofm.data.tiling.tile_dataset` of format ``mixture``)."""
+    from .tiling import tile_dataset
+
+    return tile_dataset(name, {**ds_cfg, "format": "mixture"}, None, out_dir, part_dirs=part_dirs)
+
+
+def tile_mixture_parts(b, cfg: dict, part_dirs: dict[str, Path], chunk: int = 512) -> None:
+    """The tiler of format ``mixture`` (registered in :mod:`geofm.data.tiling.registry`)."""
     from .augment import resized_crop
     from .shards import TileDataset
-    from .tiling import _Builder, _swap_into_place
 
-    parts = ds_cfg.get("parts") or {}
+    name, S = b.name, b.tile_size
+    parts = cfg.get("parts") or {}
     if not parts:
         raise DataError(f"dataset {name!r}: a mixture needs 'parts: {{dataset: train | all, ...}}'")
-    S = int(ds_cfg.get("tile_size") or 0)
-    if S < 1:
-        raise DataError(f"dataset {name!r}: a mixture needs 'tile_size'")
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    os.chmod(tmp, 0o755)
-    try:
-        b = _Builder(tmp, name, S, float(ds_cfg.get("shard_max_mb", 256)))
-        counts, bands = {}, None
-        for part, which in parts.items():
-            if which not in PART_SPLITS:
-                raise DataError(f"dataset {name!r}: parts.{part} must be one of {PART_SPLITS}, got {which!r}")
-            d = Path(part_dirs[part])
-            if not (d / "stats.json").is_file():
-                raise DataError(f"dataset {name!r}: part {part!r} has no tiles at {d} (run its tile stage first)")
-            ds = TileDataset(d, split="train" if which == "train" else None)
-            if bands is not None and ds.stats["bands"] != bands:
-                raise DataError(f"dataset {name!r}: part {part!r} has {ds.stats['bands']} bands, the parts before "
-                                f"it have {bands}")
-            bands = ds.stats["bands"]
-            tiles = ds.as_tensor()
-            ids = [str(t) for t in ds.tile_ids]
-            for i in range(0, len(tiles), chunk):
-                x = resized_crop(torch.as_tensor(np.asarray(tiles[i:i + chunk])), None, S)
-                for j, t in enumerate(x.numpy()):
-                    tid = f"{part}/{ids[i + j]}"
-                    b.add(np.ascontiguousarray(t), {"tile_id": tid, "source": tid, "row_off": 0, "col_off": 0,
-                                                    "height": S, "width": S, "crs": None, "geometry": None,
-                                                    "label": -1, "label_name": "", "split": "train"})
-            counts[part] = {"tiles": int(len(tiles)), "split": which}
-        b.extra.update({"format": "mixture", "parts": counts})
-        stats = b.finalize()
-        _swap_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return stats
+    counts, bands = {}, None
+    for part, which in parts.items():
+        if which not in PART_SPLITS:
+            raise DataError(f"dataset {name!r}: parts.{part} must be one of {PART_SPLITS}, got {which!r}")
+        d = Path(part_dirs[part])
+        if not (d / "stats.json").is_file():
+            raise DataError(f"dataset {name!r}: part {part!r} has no tiles at {d} (run its tile stage first)")
+        ds = TileDataset(d, split="train" if which == "train" else None)
+        if bands is not None and ds.stats["bands"] != bands:
+            raise DataError(f"dataset {name!r}: part {part!r} has {ds.stats['bands']} bands, the parts before "
+                            f"it have {bands}")
+        bands = ds.stats["bands"]
+        tiles = ds.as_tensor()
+        ids = [str(t) for t in ds.tile_ids]
+        for i in range(0, len(tiles), chunk):
+            x = resized_crop(torch.as_tensor(np.asarray(tiles[i:i + chunk])), None, S)
+            for j, t in enumerate(x.numpy()):
+                tid = f"{part}/{ids[i + j]}"
+                b.add(np.ascontiguousarray(t), {"tile_id": tid, "source": tid, "row_off": 0, "col_off": 0,
+                                                "height": S, "width": S, "crs": None, "geometry": None,
+                                                "label": -1, "label_name": "", "split": "train"})
+        counts[part] = {"tiles": int(len(tiles)), "split": which}
+    b.extra["parts"] = counts
 
 
 def stats_of(tiles_dir) -> dict:

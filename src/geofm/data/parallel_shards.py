@@ -20,7 +20,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..common.io import save_numpy, write_json
 from .shards import shard_name
+
+
+def _write_compact_json(path: Path, obj) -> None:
+    write_json(path, obj, indent=None, newline=False)
 
 
 def shard_size(bands: int, tile_size: int, shard_max_mb: float) -> int:
@@ -32,12 +37,6 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))  # the CPUs this job may use (Slurm's cpuset)
     except AttributeError:
         return max(1, os.cpu_count() or 1)
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
 
 
 def _decode_group(args) -> tuple[int, int]:
@@ -54,10 +53,8 @@ def _decode_group(args) -> tuple[int, int]:
         meta.append({"ok": True, **info})
     npy = work / shard_name(k)
     if tiles:
-        tmp = work / f".{npy.stem}.tmp-{os.getpid()}.npy"
-        np.save(tmp, np.stack(tiles))
-        os.replace(tmp, npy)
-    _write_json(work / f"{npy.stem}.json", meta)
+        save_numpy(npy, np.stack(tiles))
+    _write_compact_json(work / f"{npy.stem}.json", meta)
     return k, len(tiles)
 
 
@@ -74,7 +71,7 @@ def decode_shards(items: Sequence, decode: Callable, per_shard: int, work_dir: P
     if work_dir.exists() and (not plan.exists() or json.loads(plan.read_text()).get("key") != key):
         shutil.rmtree(work_dir)  # other items or settings: nothing there can be reused
     work_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(plan, {"key": key, "n_items": len(items), "per_shard": per_shard})
+    _write_compact_json(plan, {"key": key, "n_items": len(items), "per_shard": per_shard})
     groups = [list(items[i:i + per_shard]) for i in range(0, len(items), per_shard)]
     todo = [k for k in range(len(groups)) if not (work_dir / f"{shard_name(k)[:-4]}.json").exists()]
     if len(todo) < len(groups):

@@ -155,7 +155,6 @@ class TileDataset:
 
         return torch.from_numpy(self.get_batch_numpy(idx))
 
-    get_many = get_batch  # alias used by geofm.train.batches
 
     def as_tensor(self):
         """All tiles of this (split of the) dataset as one uint8 tensor N x C x S x S."""

@@ -29,11 +29,11 @@ def _ds_cfg(cfg: dict, dataset: str) -> dict:
 
 
 def raw_dir_for(cfg: dict, dataset: str) -> Path:
-    return Path(cfg.get("resources", "resources")) / "raw" / dataset
+    return Path(cfg["resources"]) / "raw" / dataset
 
 
 def tiles_dir_for(cfg: dict, dataset: str) -> Path:
-    return Path(cfg.get("results", "results")) / "tiles" / dataset
+    return Path(cfg["results"]) / "tiles" / dataset
 
 
 def run_download(cfg: dict, dataset: str) -> Path:
@@ -41,7 +41,7 @@ def run_download(cfg: dict, dataset: str) -> Path:
     from .download import fetch_dataset
 
     ds = _ds_cfg(cfg, dataset)
-    if ds.get("source") == "synthetic" and "seed" not in ds and "seed" in cfg:
+    if ds["source"] == "synthetic" and "seed" not in ds:
         ds["seed"] = cfg["seed"]
     path = fetch_dataset(dataset, ds, raw_dir_for(cfg, dataset))
     log.info("downloaded %s -> %s", dataset, path)
@@ -50,22 +50,18 @@ def run_download(cfg: dict, dataset: str) -> Path:
 
 def run_tile(cfg: dict, dataset: str) -> Path:
     """Tile ``dataset``; returns ``{results}/tiles/{dataset}`` (holding manifest.parquet and stats.json)."""
+    from ..config import dataset_defaults
     from .tiling import tile_dataset
 
-    ds = _ds_cfg(cfg, dataset)
-    if ds.get("source") == "mixture":
-        from .mixture import tile_mixture
-
-        out = tiles_dir_for(cfg, dataset)
-        stats = tile_mixture(dataset, ds, {p: tiles_dir_for(cfg, p) for p in ds.get("parts") or {}}, out)
+    ds = dataset_defaults(_ds_cfg(cfg, dataset), cfg["image_size"])
+    out = tiles_dir_for(cfg, dataset)
+    if ds["source"] == "mixture":
+        parts = {p: tiles_dir_for(cfg, p) for p in ds.get("parts") or {}}
+        stats = tile_dataset(dataset, ds, None, out, seed=cfg["seed"], part_dirs=parts)
         log.info("mixed %s: %d tiles from %s -> %s", dataset, stats["n_tiles"], json.dumps(stats["parts"]), out)
         return out
-    if not ds.get("tile_size") and not ds.get("image_size") and ds.get("format") in (None, "geotiff_scenes",
-                                                                                      "derived_landcover"):
-        if "image_size" in cfg:
-            ds["tile_size"] = int(cfg["image_size"])
     parent_raw = None
-    if ds.get("source") == "derived":
+    if ds["source"] == "derived":
         parent = ds.get("from")
         if not parent:
             raise DataError(f"dataset {dataset!r}: source 'derived' needs 'from:'")
@@ -73,9 +69,7 @@ def run_tile(cfg: dict, dataset: str) -> Path:
         if not (parent_raw / "download.json").exists():
             raise DataError(f"dataset {dataset!r} is derived from {parent!r}, but {parent_raw}/download.json is "
                             f"missing: run the download stage for {parent!r} first")
-    out = tiles_dir_for(cfg, dataset)
-    stats = tile_dataset(dataset, ds, raw_dir_for(cfg, dataset), out, parent_raw_dir=parent_raw,
-                         seed=int(cfg.get("seed", 0)))
+    stats = tile_dataset(dataset, ds, raw_dir_for(cfg, dataset), out, parent_raw_dir=parent_raw, seed=cfg["seed"])
     log.info("tiled %s: %d tiles (%s), %d rejected -> %s", dataset, stats["n_tiles"],
-             json.dumps(stats.get("splits", {})), len(stats["rejected"]), out)
+             json.dumps(stats["splits"]), len(stats["rejected"]), out)
     return out

@@ -9,15 +9,16 @@ group of layer ``l`` (0 = patch embedding / cls token, ``i+1`` = block ``i``, ``
 head) gets ``lr · layer_decay^(depth+1-l)`` — no weight decay on biases, norms and tokens; linear warm-up
 then a half-cosine per iteration; absolute lr = ``base_lr · global_batch / 256``; cross-entropy on soft
 targets with label smoothing and optional mixup (``lam ~ Beta(a, a)``, the partner is the batch rolled
-by one within the rank's slice); MAE's augmentation: a batched random-resized-crop (bicubic) + horizontal flip,
+by one within the rank's slice); MAE's augmentation: a random-resized-crop (bicubic) + horizontal flip,
 normalised with the pretraining set's statistics, through the one preprocessing path
-(:func:`geofm.data.augment.train_batch`; :func:`~geofm.data.augment.eval_batch` for the test split).
+(:func:`geofm.data.augment.train_view`; :func:`~geofm.data.augment.eval_batch` for the test split).
 
 Distribution: under ``torch.distributed`` with more than one rank the model is sharded with FSDP2 through
 :func:`geofm.distributed.parallelize.parallelize` (blocks, then the root — ``Classifier`` has
-``.encoder.blocks`` as the engine expects). The batch of step ``s`` is a slice of a seeded per-epoch
-permutation, its crop boxes and flips are drawn for the whole global batch, and rank ``r`` of ``W`` takes
-rows ``r::W``; the mean loss over the local rows, averaged across ranks by FSDP's gradient reduction,
+``.encoder.blocks`` as the engine expects). Batches come from the one step-indexed sampler
+(:class:`geofm.data.sampler.StepSampler`, as pretraining's): the samples of step ``s`` and their crop boxes
+and flips are functions of (seed, s, row of the global batch), and rank ``r`` of ``W`` takes rows ``r::W``
+(an "epoch" is ``len(images) // batch`` steps of the sampler's endless stream); the mean loss over the local rows, averaged across ranks by FSDP's gradient reduction,
 equals the 1-rank loss over the global batch. So without mixup, drop path and BatchNorm (whose randomness
 or statistics are per rank), W ranks follow the 1-rank run up to float reduction order.
 """
@@ -30,11 +31,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from geofm.config import complete_section
-from geofm.data.augment import eval_batch, train_batch
 from geofm.common.lr import warmup_cosine
 from geofm.common.ranks import rank_world
-from geofm.common.seeding import torch_generator
+from geofm.config import complete_section
+from geofm.data.augment import eval_batch, train_view
+from geofm.data.sampler import StepSampler
 
 
 # FinetuneConfig field -> the evaluate key it comes from; the defaults are the schema's (geofm.config)
@@ -166,16 +167,6 @@ def param_groups_lrd(model: nn.Module, weight_decay: float, layer_decay: float, 
     return [groups[k] for k in sorted(groups)]
 
 
-def augment_global(x: torch.Tensor, n_global: int, rows: slice, image_size: int, gen: torch.Generator,
-                   scale=(0.2, 1.0)) -> torch.Tensor:
-    """MAE's random-resized-crop + flip for rows ``rows`` of a global batch of ``n_global``: the crop boxes
-    and flips are drawn from ``gen`` for the whole global batch, then sliced; ``x`` holds only those rows.
-    Float output in the input's value range, not normalised (:func:`geofm.data.augment.train_batch` is this
-    plus the normalisation)."""
-    from geofm.data.augment import resized_crop, sample_augment
-
-    boxes, flips = sample_augment(n_global, x.shape[-2], x.shape[-1], gen, scale=tuple(scale))
-    return resized_crop(x, boxes[rows], image_size, flips[rows]).float()
 
 
 def soft_targets(labels: torch.Tensor, n_classes: int, smoothing: float) -> torch.Tensor:
@@ -224,22 +215,20 @@ def finetune(encoder: nn.Module, images_uint8: torch.Tensor, labels, n_classes: 
     groups = param_groups_lrd(model, cfg.weight_decay, cfg.layer_decay, depth)
     opt = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups], lr=peak,
                             betas=(0.9, 0.999))
-    rows = slice(rank, None, world)
+    sampler = StepSampler(n, bs, cfg.seed, rank, world)
     history: list[dict] = []
     it = 0
     model.train()
     for epoch in range(int(cfg.epochs)):
-        perm = torch.randperm(n, generator=torch_generator(int(cfg.seed), 1, epoch))
         ep_loss, ep_correct, ep_seen = 0.0, 0, 0
-        for b in range(steps_per_epoch):
+        for _ in range(steps_per_epoch):
             lr = warmup_cosine(it, total, warm, peak, cfg.min_lr)
             for g in opt.param_groups:
                 g["lr"] = lr * g["lr_scale"]
-            idx = perm[b * bs:(b + 1) * bs][rows]
+            idx = torch.from_numpy(sampler.indices(it))
             x, y = images[idx], labels[idx]
             if cfg.augment:  # the training view of the one preprocessing path (geofm.data.augment)
-                x = train_batch(x, image_size, mean, std, torch_generator(int(cfg.seed), 2, epoch, b), cfg.crop_scale,
-                                rows=rows, n_global=bs)
+                x = train_view(x, image_size, mean, std, *sampler.crops(it, x.shape[-2], x.shape[-1], cfg.crop_scale))
             else:
                 x = eval_batch(x, image_size, mean, std, cfg.crop_pct)
             x = x.to(device)
