@@ -1,6 +1,7 @@
 """Entry point for the multi-process tests: ``torchrun ... worker.py '<json>'``.
 
-``{"mode": "train", "cfg": {...TrainConfig...}, "out": dir}`` runs pretraining;
+``{"mode": "train", "cfg": {...TrainConfig...}, "out": dir}`` runs pretraining (``"kill_at_step": k``: each
+rank SIGKILLs itself as it starts step k);
 ``{"mode": "meta", "model": name, "image_size": n, "strategy": s}`` reports per-rank parameter memory;
 ``{"mode": "prefetch", "backward": d, "forward": f, "out": path}`` records the order of FSDP2 all-gathers
 against block compute in one training step (see :func:`prefetch_order`).
@@ -17,6 +18,9 @@ def main():
         return
     if args["mode"] == "train":
         from geofm.train.pretrain import TrainConfig, WalltimeStop, train
+
+        if args.get("kill_at_step"):
+            _sigkill_at_step(int(args["kill_at_step"]))
 
         try:
             train(TrainConfig.from_dict(args["cfg"]), args["out"])
@@ -43,6 +47,26 @@ def main():
     with open(f"{args['out']}.{de.rank}.json", "w") as fh:
         json.dump(out, fh)
     launch.shutdown()
+
+
+def _sigkill_at_step(step: int) -> None:
+    """Make this rank SIGKILL itself when pretraining is about to run training step ``step`` (1-based, of a run
+    from step 0): a hard crash between two checkpoints at a known step, without racing a timer."""
+    import os
+    import signal
+
+    import geofm.train.pretrain as pretrain
+
+    real, calls = pretrain.train_step, [0]
+
+    def step_or_die(*a, **k):
+        calls[0] += 1
+        if calls[0] == step:
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*a, **k)
+
+    pretrain.train_step = step_or_die
 
 
 def prefetch_order(args):
