@@ -120,10 +120,13 @@ SITES = {
 
 
 @pytest.fixture(scope="module")
-def dry_runs(tmp_path_factory):
-    """`snakemake -n` of the full study with each cluster profile (dummy account), in a copy."""
-    out = {}
+def dry_runs(paper_dry_run, tmp_path_factory):
+    """`snakemake -n` of the full study with each cluster profile (dummy account), in a copy; the Frontier one
+    is the session's paper dry run (tests/conftest.py)."""
+    out = {"frontier": paper_dry_run}
     for site in SITES:
+        if site in out:
+            continue
         wd = _copy_workflow(tmp_path_factory.mktemp(f"dry-{site}"))
         env = {**os.environ, "SBATCH_ACCOUNT": "dummy123", "GEOFM_ORION": str(wd / "orion")}
         p = subprocess.run([*SNAKEMAKE, "-n", "--profile", f"profiles/{site}"], cwd=wd, env=env,

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from geofm.models import MODELS, build_encoder, count_params, get_spec
+from geofm.models import build_encoder, count_params, get_spec
 from geofm.models.mae import MAE, build_mae, materialize, sincos_pos_embed
 from geofm.train import flops
 

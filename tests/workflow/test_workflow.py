@@ -123,10 +123,8 @@ def test_invalid_config_fails_before_any_job(tmp_path):
     assert not (proj / "results").exists()
 
 
-def test_paper_study_dry_run_lists_every_job(tmp_path):
-    proj = make_project(tmp_path)
-    res = snakemake(proj, "--configfile", "config/config.yaml", "-n")
-    text = res.stdout
+def test_paper_study_dry_run_lists_every_job(paper_dry_run):
+    _, text = paper_dry_run  # tests/conftest.py: config/config.yaml through profiles/frontier, once per session
     for model in ("vit_base", "vit_huge", "vit_1b", "vit_3b", "vit_5b", "vit_15b"):
         assert f"results/pretrain/{model}/encoder.pt" in text
     for ds in ("millionaid", "ucmerced", "aid", "resisc45", "eurosat"):
