@@ -81,7 +81,12 @@ def test_cli_reports_invalid_config(tmp_path, demo, capsys):
     assert main(["validate", "--config", str(tmp_path / "missing.yaml")]) == 2
 
 
-def test_cli_set_override(monkeypatch, capsys):
+def test_cli_set_override(tmp_path, capsys):
+    assert main(["validate", "--config", str(ROOT / "config/demo.yaml"), "--set", "pretrain.steps=7"]) == 0
+    assert main(["validate", "--config", str(ROOT / "config/demo.yaml"), "--set", "pretrain.steps=-1"]) == 2
+
+
+def test_cli_set_values_reach_the_command(monkeypatch, capsys):
     """``--set`` values reach the subcommand, typed (YAML), merged key by key over the file; a bad one is refused."""
     import geofm.cli as cli
 
