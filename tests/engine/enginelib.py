@@ -40,3 +40,8 @@ def losses(out_dir) -> dict[int, float]:
 TINY = dict(model="test_micro", image_size=16, data="synthetic", batch_size=8, decoder_dim=32, decoder_depth=1,
             decoder_heads=2, precision="fp32", log_every=1, warmup_steps=2, augment=False, device="cpu")
 
+
+# the 2-rank FULL_SHARD run the resume tests continue (SIGKILL, walltime signal); its checkpoint cadence is not
+# part of the trajectory (geofm.train.fingerprint), so one uninterrupted run (conftest's resume_reference) is
+# the reference for both
+RESUME_RUN = {**TINY, "steps": 40, "strategy": "FULL_SHARD"}

@@ -59,6 +59,9 @@ def test_prefetch_depth_sets_all_gather_lead(orders, depth):
     assert fl.pop("root") == 0 and bl.pop("root") == 0  # nothing computes before the root
     assert fl == expected(f_order, depth), fwd
     assert bl == expected(b_order, depth), bwd
+    if depth == 2:  # two blocks ahead once two have passed (b0 can only lead the root's computation)
+        assert fl == {"b0": 1, "b1": 2, "b2": 2, "b3": 2} and bl == {"b3": 1, "b2": 2, "b1": 2, "b0": 2}
+        assert fl != leads(orders[1][0])  # and not what depth 1 gives
     if depth == 0:  # issued exactly when needed: each all-gather directly precedes its module's computation
         assert all(fwd[i + 1] == ["F", m] for i, (k, m) in enumerate(fwd) if k == "AG")
         assert all(bwd[i + 1] == ["B", m] for i, (k, m) in enumerate(bwd) if k == "AG")

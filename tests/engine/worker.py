@@ -1,6 +1,7 @@
 """Entry point for the multi-process tests: ``torchrun ... worker.py '<json>'``.
 
-``{"mode": "train", "cfg": {...TrainConfig...}, "out": dir}`` runs pretraining;
+``{"mode": "train", "cfg": {...TrainConfig...}, "out": dir}`` runs pretraining (``"kill_at_step": k``: each
+rank SIGKILLs itself as it starts step k; ``"record_dtypes": path``: see :func:`_record_dtypes`);
 ``{"mode": "meta", "model": name, "image_size": n, "strategy": s}`` reports per-rank parameter memory;
 ``{"mode": "prefetch", "backward": d, "forward": f, "out": path}`` records the order of FSDP2 all-gathers
 against block compute in one training step (see :func:`prefetch_order`).
@@ -17,6 +18,11 @@ def main():
         return
     if args["mode"] == "train":
         from geofm.train.pretrain import TrainConfig, WalltimeStop, train
+
+        if args.get("kill_at_step"):
+            _sigkill_at_step(int(args["kill_at_step"]))
+        if args.get("record_dtypes"):
+            _record_dtypes(args["record_dtypes"])
 
         try:
             train(TrainConfig.from_dict(args["cfg"]), args["out"])
@@ -43,6 +49,89 @@ def main():
     with open(f"{args['out']}.{de.rank}.json", "w") as fh:
         json.dump(out, fh)
     launch.shutdown()
+
+
+def _sigkill_at_step(step: int) -> None:
+    """Make this rank SIGKILL itself when pretraining is about to run training step ``step`` (1-based, of a run
+    from step 0): a hard crash between two checkpoints at a known step, without racing a timer."""
+    import os
+    import signal
+
+    import geofm.train.pretrain as pretrain
+
+    real, calls = pretrain.train_step, [0]
+
+    def step_or_die(*a, **k):
+        calls[0] += 1
+        if calls[0] == step:
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*a, **k)
+
+    pretrain.train_step = step_or_die
+
+
+def _record_dtypes(path: str) -> None:
+    """Record the dtypes a pretraining run actually uses; each rank writes ``<path>.<rank>.json`` at exit:
+    ``compute``: input and weight of the first encoder block's first Linear when it runs; ``grad`` and
+    ``reduce``: the unsharded gradients FSDP2 hands to its reduce-scatter and the dtype of the reduce-scatter
+    buffer (torch 2.14 ``_fsdp_collectives.foreach_reduce``: ``reduce_dtype or grad_dtype``); ``params`` and
+    ``optimizer``: the sharded parameters and AdamW's state after training."""
+    import atexit
+    import inspect
+
+    import torch
+    from torch.distributed.fsdp._fully_shard import _fsdp_param_group as fpg
+
+    import geofm.train.pretrain as pretrain
+    from geofm.distributed.parallelize import transformer_blocks
+
+    seen = {k: set() for k in ("compute_input", "compute_weight", "grad", "reduce", "params", "optimizer")}
+    held = {}
+    real_build, real_reduce = pretrain.build_model, fpg.foreach_reduce
+    reduce_sig = inspect.signature(real_reduce)
+
+    def build_model(*a, **k):
+        model, autocast = real_build(*a, **k)
+        first = next(m for m in transformer_blocks(model)[0][0].modules() if isinstance(m, torch.nn.Linear))
+
+        def pre(mod, inputs):
+            seen["compute_input"].add(str(inputs[0].dtype))
+            seen["compute_weight"].add(str(mod.weight.dtype))
+
+        first.register_forward_pre_hook(pre)
+        held["model"] = model
+        return model, autocast
+
+    def foreach_reduce(*a, **k):
+        bound = reduce_sig.bind(*a, **k).arguments
+        grads = bound["unsharded_grads"]
+        seen["grad"].update(str(g.dtype) for g in grads)
+        seen["reduce"].add(str(bound["reduce_dtype"] or grads[0].dtype))
+        return real_reduce(*a, **k)
+
+    real_adamw_step = torch.optim.AdamW.step
+
+    def adamw_step(self, *a, **k):
+        held["opt"] = self
+        return real_adamw_step(self, *a, **k)
+
+    def write():
+        model, opt = held.get("model"), held.get("opt")
+        if model is not None:
+            seen["params"].update(str(p.dtype) for p in model.parameters())
+        if opt is not None:
+            seen["optimizer"].update(str(v.dtype) for st in opt.state.values() for v in st.values()
+                                     if torch.is_tensor(v) and v.is_floating_point())
+        import os
+
+        with open(f"{path}.{os.environ.get('RANK', '0')}.json", "w") as fh:
+            json.dump({k: sorted(v) for k, v in seen.items()}, fh)
+
+    pretrain.build_model = build_model
+    fpg.foreach_reduce = foreach_reduce
+    torch.optim.AdamW.step = adamw_step
+    atexit.register(write)
 
 
 def prefetch_order(args):

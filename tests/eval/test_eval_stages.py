@@ -82,33 +82,89 @@ def env(tmp_path, monkeypatch):
     return cfg, tmp_path, enc_path, built
 
 
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A real ``encoder.pt``: the tiny ``test_micro`` MAE pretrained for 6 steps on the fixture's tiles by the
+    pretraining code itself (one process), and the evaluation config that reads it."""
+    from geofm.train.pretrain import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("real")
+    tiles = write_tiles(root, size=16)
+    out = root / "pretrain" / "test_micro"
+    train(TrainConfig.from_dict(dict(model="test_micro", image_size=16, data=str(tiles), steps=6, batch_size=8,
+                                     lr=1e-3, warmup_steps=2, decoder_dim=32, decoder_depth=1, decoder_heads=2,
+                                     precision="fp32", strategy="NO_SHARD", log_every=1, device="cpu",
+                                     seed=0)), out)
+    cfg = {"results": str(root), "seed": 5, "image_size": 16,
+           "evaluate": {"linprobe_epochs": 30, "linprobe_lr": 0.5, "batch_size": 16, "knn_k": 5,
+                        "knn_temperature": 0.1, "device": "cpu", "pool": "mean", "linprobe_solver": "sgd",
+                        "linprobe_augment": False, "linprobe_batch_size": 16, "feature_cache": False}}
+    return cfg, root, out / "encoder.pt"
+
+
+def _confusion_agrees(rec, csv_path):
+    cm = pd.read_csv(csv_path, index_col=0)
+    assert list(cm.index) == CLASSES and list(cm.columns) == CLASSES
+    assert cm.values.sum() == rec["n_test"]
+    assert rec["top1"] == pytest.approx(cm.values.trace() / cm.values.sum())
+    for c in CLASSES:
+        assert rec["per_class"][c] == pytest.approx(cm.loc[c, c] / cm.loc[c].sum()), c
+
+
 @pytest.mark.parametrize("protocol", ["knn", "linprobe"])
-def test_run_evaluate_end_to_end(env, protocol):
-    cfg, root, enc_path, built = env
-    out = root / "eval" / protocol / "standin" / "fix.json"
-    rec = stages.run_evaluate(cfg, protocol, "standin", "fix", enc_path, out)
+def test_run_evaluate_end_to_end(pretrained, protocol):
+    """The stage on a real pretrained encoder: the checkpoint's meta, the pretraining set's normalisation, the
+    random-init baseline of the same architecture, accuracies consistent with the confusion matrix."""
+    cfg, root, enc_path = pretrained
+    meta = torch.load(enc_path, weights_only=False)["meta"]
+    out = root / "eval" / protocol / "test_micro" / "fix.json"
+    rec = stages.run_evaluate(cfg, protocol, "test_micro", "fix", enc_path, out)
     on_disk = json.loads(out.read_text())
     assert on_disk == json.loads(json.dumps(rec))
-    assert on_disk["protocol"] == protocol and on_disk["model"] == "standin" and on_disk["dataset"] == "fix"
-    assert on_disk["checkpoint_step"] == 123
+    assert on_disk["protocol"] == protocol and on_disk["model"] == "test_micro" and on_disk["dataset"] == "fix"
+    assert on_disk["checkpoint_step"] == meta["step"] == 6
+    assert on_disk["encoder_fingerprint"] == meta["fingerprint"]
     from geofm.config import section_defaults
+    from geofm.models import MODELS
 
-    # the effective settings: the schema's defaults, the given keys, and the keys that default to another's value
-    assert on_disk["config"] == {**section_defaults("evaluate"), **cfg["evaluate"], "image_size": 8,
-                                 "finetune_batch_size": 16}
+    # the effective settings: the keys given, the schema's defaults for the rest
+    assert on_disk["config"].items() >= cfg["evaluate"].items()
+    assert all(on_disk["config"][k] == v for k, v in section_defaults("evaluate").items()
+               if k not in cfg["evaluate"] and v is not None)
     for which in ("pretrained", "random_init"):
         r = on_disk[which]
-        assert set(r) >= {"top1", "top5", "per_class", "n_train", "n_test"}
         assert (r["n_train"], r["n_test"]) == (24, 12)
-        assert set(r["per_class"]) == set(CLASSES)
+        assert r["feature_dim"] == MODELS["test_micro"].width
         assert r["top5"] == 1.0  # 3 classes
-    assert on_disk["pretrained"]["top1"] >= 0.9
-    assert built == [("standin", 8, 3, 5)]  # random init: same architecture, seeded from cfg
-    cm = pd.read_csv(root / "eval" / protocol / "standin" / "fix.confusion.csv", index_col=0)
-    assert list(cm.index) == CLASSES and list(cm.columns) == CLASSES
-    assert cm.values.sum() == 12
-    assert (root / "eval" / protocol / "standin" / "fix.confusion.png").stat().st_size > 0
+    # classes differ in their band means: features of the pretrained ViT separate them
+    assert on_disk["pretrained"]["top1"] >= 0.9, on_disk["pretrained"]
+    _confusion_agrees(on_disk["pretrained"], root / "eval" / protocol / "test_micro" / "fix.confusion.csv")
+    assert (root / "eval" / protocol / "test_micro" / "fix.confusion.png").stat().st_size > 0
     assert not list(out.parent.glob(".*tmp*"))  # atomic writes left nothing behind
+
+
+def test_evaluation_uses_the_checkpoint_weights(pretrained, tmp_path):
+    """The same evaluation of a copy of encoder.pt whose patch embedding is zeroed (every image then gives the
+    same features): the pretrained accuracy falls to a constant guess, the random-init baseline is unchanged."""
+    cfg, root, enc_path = pretrained
+    first = stages.run_evaluate(cfg, "knn", "test_micro", "fix", enc_path, tmp_path / "a.json")
+    obj = torch.load(enc_path, weights_only=False)
+    zeroed = [k for k in obj["state_dict"] if k.startswith("patch_embed.")]
+    assert zeroed, sorted(obj["state_dict"])
+    for k in zeroed:
+        obj["state_dict"][k] = torch.zeros_like(obj["state_dict"][k])
+    blind = tmp_path / "pretrain" / "test_micro" / "encoder.pt"
+    blind.parent.mkdir(parents=True)
+    torch.save(obj, blind)
+    second = stages.run_evaluate(cfg, "knn", "test_micro", "fix", blind, tmp_path / "b.json")
+    timeless = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    assert timeless(second["random_init"]) == timeless(first["random_init"])
+    assert second["pretrained"]["top1"] <= 1 / len(CLASSES) + 1e-9 < first["pretrained"]["top1"]
+    # a checkpoint that does not fit the architecture is refused, naming the file
+    del obj["state_dict"][zeroed[0]]
+    torch.save(obj, blind)
+    with pytest.raises(Exception, match="encoder.pt|patch_embed"):
+        stages.run_evaluate(cfg, "knn", "test_micro", "fix", blind, tmp_path / "c.json")
 
 
 def test_feature_cache_reused(env, monkeypatch):
@@ -150,23 +206,3 @@ def test_image_size_mismatch(env):
     cfg["evaluate"]["image_size"] = 16
     with pytest.raises(stages.EvalError, match="image_size 8"):
         stages.run_evaluate(cfg, "knn", "standin", "fix", enc_path, root / "x.json")
-
-
-def test_with_project_vit(tmp_path):
-    """The real encoder classes of geofm.models (tiny 'test_micro' ViT), tiles resized 8 → 16."""
-    models = pytest.importorskip("geofm.models")
-    if "test_micro" not in models.MODELS:
-        pytest.skip("registry has no test_micro model")
-    write_tiles(tmp_path)
-    enc = models.build_encoder("test_micro", 16, 3, seed=1)
-    path = tmp_path / "pretrain" / "test_micro" / "encoder.pt"
-    path.parent.mkdir(parents=True)
-    # the format geofm.models.load_encoder reads (written by the pretrain stage)
-    torch.save({"meta": {"model": "test_micro", "step": 7, "image_size": 16, "in_chans": 3},
-                "state_dict": enc.state_dict()}, path)
-    cfg = {"results": str(tmp_path), "seed": 0, "image_size": 16,
-           "evaluate": {"knn_k": 3, "batch_size": 8, "device": "cpu", "feature_cache": False}}
-    rec = stages.run_evaluate(cfg, "knn", "test_micro", "fix", path, tmp_path / "out" / "fix.json")
-    assert rec["checkpoint_step"] == 7
-    assert rec["pretrained"]["feature_dim"] == models.MODELS["test_micro"].width
-    assert 0.0 <= rec["random_init"]["top1"] <= 1.0

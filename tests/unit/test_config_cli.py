@@ -92,6 +92,27 @@ def test_cli_set_override(tmp_path, capsys):
     assert "batch_size 64 is not divisible by demo_tiny's 1 nodes x 1 ranks x grad_accum 5" in capsys.readouterr().err
 
 
+def test_cli_set_values_reach_the_command(monkeypatch, capsys):
+    """``--set`` values reach the subcommand, typed (YAML), merged key by key over the file; a bad one is refused."""
+    import geofm.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "cmd_validate", lambda args, cfg: seen.append(cfg))
+    demo = load_config(ROOT / "config/demo.yaml")
+    args = ["validate", "--config", str(ROOT / "config/demo.yaml"), "--set", "pretrain.steps=7",
+            "--set", "evaluate.protocols=[knn]", "--set", "seed=3"]
+    assert main(args) == 0
+    [cfg] = seen
+    assert cfg["pretrain"]["steps"] == 7 and demo["pretrain"]["steps"] != 7
+    assert cfg["evaluate"]["protocols"] == ["knn"] and cfg["seed"] == 3
+    # every other key of the section is the file's
+    assert {k: v for k, v in cfg["pretrain"].items() if k != "steps"} == \
+        {k: v for k, v in demo["pretrain"].items() if k != "steps"}
+    assert cfg["models"] == demo["models"] and cfg["datasets"] == demo["datasets"]
+    assert main(["validate", "--config", str(ROOT / "config/demo.yaml"), "--set", "pretrain.steps=-1"]) == 2
+    assert "pretrain.steps" in capsys.readouterr().err and len(seen) == 1
+
+
 @pytest.mark.parametrize("name,kind,reshard,mesh", [
     ("DDP", "ddp", True, (8,)),
     ("NO_SHARD", "fsdp", False, (8, 1)),

@@ -1,9 +1,11 @@
 """Model registry, MAE mechanics and the analytic FLOP count (against torch's FlopCounterMode)."""
+import math
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from geofm.models import MODELS, build_encoder, count_params, get_spec
+from geofm.models import build_encoder, count_params, get_spec
 from geofm.models.mae import MAE, build_mae, materialize, sincos_pos_embed
 from geofm.train import flops
 
@@ -30,7 +32,11 @@ def test_paper_sizes_counted_on_meta(name, expected):
 def test_registry_rejects_unknown():
     with pytest.raises(KeyError, match="unknown model 'vit_giant'"):
         get_spec("vit_giant")
-    assert all(s.width % s.heads == 0 for s in MODELS.values())
+    # a shape whose width does not split into its heads is refused when it is made, naming both numbers
+    from geofm.models.registry import ViTSpec
+
+    with pytest.raises(ValueError, match="width 100 is not divisible by heads 3"):
+        ViTSpec(100, 2, 400, 3, 16, "bad")
 
 
 def test_masking_keeps_quarter_and_restores_order():
@@ -99,10 +105,10 @@ def test_encoder_flops_match_counter():
 
 
 def test_mfu_known_case():
-    from geofm.profile.peaks import DEVICES
     from geofm.train.metrics import mfu
 
     # ViT-3B figure from the issue: 371 img/s on an H200 at 57 % of a measured 808 TFLOP/s roof
     per_img = flops.mae_train_flops_per_image("vit_3b", 224)
     assert 371 * per_img / 808e12 == pytest.approx(0.57, abs=0.05)
-    assert mfu(DEVICES["H100_SXM"].bf16 * 1e12 / 2, DEVICES["H100_SXM"].bf16) == pytest.approx(0.5)
+    # no known peak: no MFU claimed (NaN, not a division by zero or an infinite number)
+    assert math.isnan(mfu(1e12, 0.0))

@@ -50,8 +50,19 @@ def test_every_stage_produced_its_outputs(study):
         assert (res / "pretrain" / model / "encoder.pt").exists()
         for protocol in ("linprobe", "knn"):
             ev = json.loads((res / "eval" / protocol / model / "demo_landcover.json").read_text())
-            assert 0 <= ev["pretrained"]["top1"] <= 1 and 0 <= ev["random_init"]["top1"] <= 1
             assert ev["pretrained"]["top5"] >= ev["pretrained"]["top1"]
+            # the accuracies are those of the confusion matrix written beside them (pretrained encoder)
+            cm = pd.read_csv(res / "eval" / protocol / model / "demo_landcover.confusion.csv", index_col=0)
+            assert list(cm.index) == list(cm.columns) == list(ev["pretrained"]["per_class"])
+            assert cm.values.sum() == ev["pretrained"]["n_test"] == ev["random_init"]["n_test"]
+            assert ev["pretrained"]["top1"] == pytest.approx(cm.values.trace() / cm.values.sum())
+            for c in cm.index:
+                assert ev["pretrained"]["per_class"][c] == pytest.approx(cm.loc[c, c] / cm.loc[c].sum()), c
+            # and the accuracy table lists both inits of this evaluation with the JSON's numbers
+            acc = pd.read_csv(res / "tables/accuracy.csv")
+            rows = acc[(acc["protocol"] == protocol) & (acc["model"] == model)].set_index("init")
+            assert rows.loc["pretrained", "top1"] == pytest.approx(ev["pretrained"]["top1"])
+            assert rows.loc["random init", "top1"] == pytest.approx(ev["random_init"]["top1"])
     ok = json.loads((res / "profile/test_micro/FULL_SHARD/1n.json").read_text())
     assert ok["status"] == "ok" and ok["world_size"] == 2 and ok["images_per_s"] > 0
     # a cell that cannot run (a shard group of 4 in a 2-rank job) is not a job; the tables still list it
@@ -112,10 +123,8 @@ def test_invalid_config_fails_before_any_job(tmp_path):
     assert not (proj / "results").exists()
 
 
-def test_paper_study_dry_run_lists_every_job(tmp_path):
-    proj = make_project(tmp_path)
-    res = snakemake(proj, "--configfile", "config/config.yaml", "-n")
-    text = res.stdout
+def test_paper_study_dry_run_lists_every_job(paper_dry_run):
+    _, text = paper_dry_run  # tests/conftest.py: config/config.yaml through profiles/frontier, once per session
     for model in ("vit_base", "vit_huge", "vit_1b", "vit_3b", "vit_5b", "vit_15b"):
         assert f"results/pretrain/{model}/encoder.pt" in text
     for ds in ("millionaid", "ucmerced", "aid", "resisc45", "eurosat"):
