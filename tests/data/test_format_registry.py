@@ -33,7 +33,8 @@ def test_x_formats_name_registry_formats_and_defaults_validate():
 
 def _cfg(datasets: dict) -> dict:
     return {"datasets": datasets, "pretrain_dataset": "scenes", "eval_datasets": ["es"], "models": ["demo_tiny"],
-            "image_size": 32, "pretrain": {}, "evaluate": {}, "profile": {}}
+            "image_size": 32, "pretrain": {}, "evaluate": {"protocols": ["knn"]},
+            "profile": {"models": ["demo_tiny"], "strategies": ["NO_SHARD"], "nodes": [1]}}
 
 
 def test_load_fills_dataset_defaults_by_format_and_source():

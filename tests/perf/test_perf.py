@@ -129,31 +129,26 @@ def test_feasibility_of_the_config_grid_agrees_with_the_paper(cfg):
 
 def test_run_settings_resolve_as_the_runs_do(cfg):
     """No inline defaults in geofm.perf: a key comes from the config's section (filled with the schema's
-    defaults at load), a profile cell's training settings next from the pretrain section (as geofm profile
-    builds its TrainConfig), and only where neither the config nor the schema has one from RUNNER_DEFAULTS,
-    which equal the trainer's own TrainConfig defaults and every default the schema declares."""
+    defaults at load), and a hand-built section gets the same schema defaults, a profile cell's training
+    settings from the pretrain section (x-default-from), as geofm profile builds its TrainConfig."""
     import dataclasses
 
     from geofm.config import section_defaults
     from geofm.perf.plan import plan_settings
-    from geofm.perf.workload import RUNNER_DEFAULTS, run_setting
+    from geofm.perf.workload import run_setting
     from geofm.train.pretrain import TrainConfig
 
     trainer = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    for k, v in RUNNER_DEFAULTS["pretrain"].items():
-        if k in trainer:
-            assert trainer[k] == v, k
-    for section, vals in RUNNER_DEFAULTS.items():
-        dflt = section_defaults(section)
-        assert all(dflt[k] == v for k, v in vals.items() if k in dflt), section
     demo = load_config(ROOT / "config" / "demo.yaml")
-    assert "activation_checkpointing" not in demo["profile"]
-    demo["pretrain"]["activation_checkpointing"] = 2  # the profile cell trains with the pretrain section's
-    assert run_setting(demo, "profile", "activation_checkpointing") == 2
-    assert Workload.from_config(demo, "demo_tiny").activation_checkpointing == 2
-    del demo["pretrain"]["activation_checkpointing"]
-    expect = section_defaults("pretrain").get("activation_checkpointing", RUNNER_DEFAULTS["pretrain"]["activation_checkpointing"])
-    assert run_setting(demo, "profile", "activation_checkpointing") == expect == trainer["activation_checkpointing"]
+    hand = {"pretrain": {"activation_checkpointing": 2}, "profile": {}}
+    assert run_setting(hand, "profile", "activation_checkpointing") == 2  # the pretrain section's, as the run
+    assert Workload.from_config({**demo, "profile": {k: v for k, v in demo["profile"].items()
+                                                     if k != "activation_checkpointing"},
+                                 "pretrain": {**demo["pretrain"], "activation_checkpointing": 2}},
+                                "demo_tiny").activation_checkpointing == 2
+    assert run_setting({"pretrain": {}, "profile": {}}, "profile", "activation_checkpointing") \
+        == section_defaults("pretrain")["activation_checkpointing"] == trainer["activation_checkpointing"]
+    assert run_setting({"profile": {}}, "profile", "batch_size") == section_defaults("profile")["batch_size"]
     # the section's own value wins; per_model overrides for pretraining
     assert Workload.from_config(cfg, "vit_base").batch_per_gpu == cfg["profile"]["batch_size"] == 32
     own = {**cfg, "pretrain": {**cfg["pretrain"], "per_model": {"vit_base": {"nodes": 4}}}}

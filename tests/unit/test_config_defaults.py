@@ -56,10 +56,17 @@ def test_a_minimal_config_loads_with_every_section_fully_populated(minimal):
     assert minimal["profile"]["precision"] == minimal["pretrain"]["precision"] == "bf16"
     assert minimal["scheduler"] == {"max_submissions": None, "walltime_bins": [], "tile_nodes": 1,
                                     "tile_runtime_min": 120}
-    # per-dataset entries get their defaults too (the mechanism is generic over datasets.<name>)
+    # per-dataset entries get the defaults of the keys that apply to their format and source (x-formats /
+    # x-sources; geofm.config.dataset_defaults), and no others
     ds_props = top["properties"]["datasets"]["additionalProperties"]["properties"]
-    with_default = {k for k, v in ds_props.items() if "default" in v}
-    assert with_default and all(with_default <= set(d) for d in minimal["datasets"].values())
+    for d in minimal["datasets"].values():
+        applies = {k for k, v in ds_props.items() if "default" in v
+                   and d["format"] in v.get("x-formats", [d["format"]]) and d["source"] in v.get("x-sources", [d["source"]])}
+        others = {k for k, v in ds_props.items() if "default" in v} - applies
+        assert applies and applies <= set(d), d
+        from geofm.data.tiling.registry import FORMATS
+
+        assert not (others & set(d)) - set(FORMATS[d["format"]].defaults), d  # the format's own may set them
 
 
 @pytest.mark.parametrize("name", ["demo.yaml", "config.yaml", "demo-real.yaml"])

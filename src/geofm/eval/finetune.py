@@ -248,6 +248,12 @@ def finetune(encoder: nn.Module, images_uint8: torch.Tensor, labels, n_classes: 
             ep_loss += float(loss.detach()) * len(y)
             ep_correct += int((logits.detach().argmax(1).cpu() == y).sum())
             ep_seen += len(y)
+        if world > 1:  # the epoch's loss and accuracy over the global batch, not this rank's rows
+            import torch.distributed as dist
+
+            tot = torch.tensor([ep_loss, ep_correct, ep_seen], dtype=torch.float64, device=device)
+            dist.all_reduce(tot)
+            ep_loss, ep_correct, ep_seen = float(tot[0]), int(tot[1]), int(tot[2])
         rec = {"epoch": epoch + 1, "loss": ep_loss / max(ep_seen, 1), "train_top1": ep_correct / max(ep_seen, 1),
                "lr": lr}
         history.append(rec)

@@ -12,36 +12,20 @@ from dataclasses import dataclass
 from ..models.registry import count_params, get_spec, num_patches
 from ..train import flops
 
-# What a run uses for a key its config leaves out where the schema declares no default: the trainer's own
-# (geofm.train.pretrain.TrainConfig, which imports torch; the planner must not) and, for a profile cell's
-# per-device batch, warm-up and timed steps and ranks per node, geofm profile's. Where the schema declares a
-# default, geofm.config fills it at load and these are not reached. tests/perf keeps them equal to
-# TrainConfig's fields and to the schema's defaults.
-RUNNER_DEFAULTS = {
-    "pretrain": {"mask_ratio": 0.75, "decoder_dim": 512, "decoder_depth": 8, "precision": "bf16",
-                 "activation_checkpointing": 0, "backward_prefetch": 1, "batch_size": 64, "steps": 100,
-                 "strategy": "NO_SHARD", "nodes": 1, "procs_per_node": 1},
-    "profile": {"batch_size": 8, "warmup_steps": 2, "steps": 5, "procs_per_node": 1},
-}
-# a profile cell trains with the pretrain section's settings under the profile section's own (geofm profile)
-PROFILE_FROM_PRETRAIN = ("precision", "activation_checkpointing", "backward_prefetch")
-
 
 def run_setting(cfg: dict, section: str, key: str, model: str | None = None):
-    """``key`` of a ``section`` ("profile" or "pretrain") run as the run resolves it: the section's value
-    (pretrain: ``pretrain.per_model.<model>`` over the section, where ``model`` is given); for a profile cell's
-    training settings the pretrain section's next; then the schema's default (geofm.config fills it at load;
-    a hand-built dict gets it here); last the runner's own (``RUNNER_DEFAULTS``)."""
-    from ..config import pretrain_settings, section_defaults
+    """``key`` of a ``section`` ("profile" or "pretrain") as the run resolves it: the section's value (pretrain:
+    ``pretrain.per_model.<model>`` over the section, where ``model`` is given), else the schema's default, which
+    for a profile cell's training settings is the pretrain section's value (``x-default-from``).
+    :func:`geofm.config.load_config` fills every default at load; a hand-built dict gets them here, from the
+    same schema (:func:`geofm.config.complete_section`): the planner holds no defaults of its own."""
+    from ..config import complete_section, pretrain_settings
 
     sec = pretrain_settings(cfg, model) if section == "pretrain" and model and "pretrain" in cfg \
         else (cfg.get(section) or {})
     if key in sec:
         return sec[key]
-    if section == "profile" and key in PROFILE_FROM_PRETRAIN:
-        return run_setting(cfg, "pretrain", key)
-    dflt = section_defaults(section)
-    return dflt[key] if key in dflt else RUNNER_DEFAULTS[section][key]
+    return complete_section(cfg, section)[key]
 
 
 @dataclass(frozen=True)
