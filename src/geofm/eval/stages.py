@@ -90,12 +90,12 @@ def ratio_tag(train_ratio: float) -> str:
 def resplit(tiles_dir: Path, train_ratio: float, seed: int, dataset: str) -> tuple[Split, Split]:
     """Train and test splits of the labelled tiles at ``train_ratio`` (stratified, seeded by dataset and ratio;
     the literature's protocol: a random ``train_ratio`` of each class trains, the rest tests)."""
-    from geofm.data.tiling import _seeded_rng, stratified_split
+    from geofm.data.tiling import split_rng, stratified_split
 
     if not 0 < float(train_ratio) < 1:
         raise EvalError(f"train ratio must lie in (0, 1), got {train_ratio}")
     every = load_split(tiles_dir, None)
-    sp = stratified_split(every.labels, float(train_ratio), 0.0, _seeded_rng(seed, dataset, "ratio", float(train_ratio)))
+    sp = stratified_split(every.labels, float(train_ratio), 0.0, split_rng(seed, dataset, "ratio", float(train_ratio)))
     out = []
     for name in ("train", "test"):
         idx = np.nonzero(sp == name)[0]

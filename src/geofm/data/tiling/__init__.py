@@ -27,7 +27,6 @@ from .folders import IMAGE_SUFFIXES, decode_image
 from .registry import FORMATS, HANDLER_INPUTS, FormatSpec, format_names, format_of, get_format
 from .scenes import TIFF_SUFFIXES
 
-_seeded_rng = split_rng  # the name geofm.eval.stages imports (its train_ratios re-split)
 
 __all__ = ["tile_dataset", "FORMATS", "FormatSpec", "format_names", "get_format", "stratified_split",
            "safe_extract", "extract_rar", "decode_image", "split_rng", "Builder", "swap_into_place",
