@@ -38,8 +38,7 @@ def test_deterministic_and_georeferenced(tmp_path):
 
 
 def test_full_size_scene_classes_and_textures(tmp_path):
-    # (no wall-time bound here: on a loaded 2-core machine a timed assertion fails for the wrong reason)
-    files = synthesize_scenes(tmp_path, n_scenes=1, size=2048, bands=4, seed=0)
+    files = synthesize_scenes(tmp_path, n_scenes=1, size=2048, bands=4, seed=0)  # speed: not a test's business
     img, crs, tr, _ = _read(files[0])
     lab = _read(files[1])[0][0]
     assert img.shape == (4, 2048, 2048)
