@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from geofm.train.batches import StepBatches, mask_noise, permute, uniform
+from geofm.data.loader import StepBatches
+from geofm.data.sampler import mask_noise, permute, uniform
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 100, 1000, 4097])

@@ -12,7 +12,7 @@ counter-based generator (:func:`uniform`) and a keyed permutation evaluated poin
 * a rank computes only its own rows: the per-step cost is O(local batch), the same at 1 rank and at 1,024
   (no global-batch draw to slice, no per-epoch shuffle of the whole dataset).
 
-Used by pretraining (:class:`geofm.data.loader.StepBatches`, the masking noise in :mod:`geofm.train.batches`)
+Used by pretraining (:class:`geofm.data.loader.StepBatches`, the masking noise in :mod:`geofm.train.pretrain`)
 and by fine-tuning (:mod:`geofm.eval.finetune`).
 """
 from __future__ import annotations

@@ -11,7 +11,7 @@ On one device, for each model size (ViT-Base, -Huge, -1B, -3B, then -5B where it
 
 each with images/s (median step), achieved TFLOP/s (analytic FLOPs, :mod:`geofm.train.flops`), MFU against the
 device's peak, peak memory, energy per image from NVML/amdsmi where the platform has it. Then ``loader``: the
-training batches (:class:`geofm.train.batches.StepBatches`) over synthetic tiles with the augmentation on the
+training batches (:class:`geofm.data.loader.StepBatches`) over synthetic tiles with the augmentation on the
 device (``augment_on_device: all``) and on the CPU, images/s delivered to the device.
 
 Every measurement is time-boxed (``--measure-s``) inside an overall budget (``--budget-s``, default 400 s
@@ -180,7 +180,7 @@ def _build(kind: str, model: str, st: Settings, device: torch.device):
     from ..distributed.parallelize import apply_compile, parallelize, parse_strategy
     from ..models.mae import build_mae, materialize
     from ..models.registry import num_patches
-    from ..train.batches import mask_noise
+    from ..data.sampler import mask_noise
     from ..train.pretrain import TrainConfig, build_model, param_groups, step_options
     from ..train.step import train_step
 
@@ -289,7 +289,7 @@ def synthetic_tiles(out: Path, n: int, size: int, bands: int = 3) -> Path:
 def measure_loader(stage: str, tiles: Path, batch: int, st: Settings, device: torch.device, deadline: float) -> dict:
     """Images/s of the training batches delivered to the device as normalised float (``stage``: where the
     augmentation runs, see :mod:`geofm.data.augment`)."""
-    from ..train.batches import StepBatches
+    from ..data.loader import StepBatches
 
     t0 = time.monotonic()
     data = StepBatches(tiles, batch, st.image_size, seed=0, split="train", steps=10**6, augment_on_device=stage)

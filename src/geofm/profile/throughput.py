@@ -31,7 +31,8 @@ from ..models.registry import count_params, display_name, num_patches
 from ..perf import memory
 from ..perf.workload import Workload
 from ..train import flops, metrics
-from ..train.batches import StepBatches, mask_noise
+from ..data.loader import StepBatches
+from ..data.sampler import mask_noise
 from ..train.pretrain import TrainConfig, build_model, param_groups, step_options
 from ..train.step import PhaseTimer, train_step
 

@@ -29,7 +29,8 @@ from ..models.mae import build_mae, materialize
 from ..models.registry import count_params, num_patches
 from ..provenance import provenance
 from . import flops, metrics
-from .batches import StepBatches, mask_noise
+from ..data.loader import StepBatches
+from ..data.sampler import mask_noise
 from .fingerprint import fingerprint, resumable_step
 from .step import NonFiniteLoss, StepOptions, train_step
 
