@@ -172,3 +172,14 @@ def test_accuracy_table_sorts_by_protocol_dataset_and_size():
     assert list(zip(acc["protocol"], acc["model"])) == [("knn", "vit_base"), ("knn", "vit_huge"),
                                                         ("linprobe", "vit_base")]
     assert "path" not in acc.columns
+
+
+def test_peak_memory_draws_the_allocator_peak_else_the_process_rss():
+    """CPU runs record no allocator peak (null) but the process's peak RSS: the figure draws RSS then, and the
+    allocator's peak wherever any run measured one (a GPU run beside CPU runs keeps the device figure)."""
+    cpu = pd.DataFrame({"peak_mem_gb": [np.nan, np.nan], "peak_rss_gb": [0.75, 0.8]})
+    assert T.peak_memory_column(cpu) == "peak_rss_gb"
+    gpu = cpu.assign(peak_mem_gb=[np.nan, 12.5])
+    assert T.peak_memory_column(gpu) == "peak_mem_gb"
+    older = pd.DataFrame({"peak_mem_gb": [3.0]})  # results written before peak_rss_gb existed
+    assert T.peak_memory_column(older) == "peak_mem_gb"

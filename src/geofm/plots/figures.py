@@ -34,7 +34,7 @@ from geofm.plots.draw import (Plotted, grouped_bars, hardware_note, legend_label
 from geofm.plots.names import PAPER, PAPER_CITATION, PLAN, PROJECT, model_order, strategy_order  # noqa: E402
 from geofm.plots.readers import BASE_VARIANT, base_variant, load_inputs, prefetch_setting  # noqa: E402
 from geofm.plots.registry import FIGURES, TABLES  # noqa: E402
-from geofm.plots.tables import (PAPER_NO_PREFETCH, paper_prefetch_series, peak_memory_series,  # noqa: E402
+from geofm.plots.tables import (PAPER_NO_PREFETCH, paper_prefetch_series, peak_memory_column, peak_memory_series,  # noqa: E402
                                 prefetch_option, prefetch_relative, variant_comparison, weak_scaling_series)
 
 
@@ -154,9 +154,15 @@ def reserved_note(prof: pd.DataFrame) -> str:
 
 
 def plot_peak_memory(prof: pd.DataFrame, path) -> Plotted:
-    """Peak memory per device (``peak_mem_gb``) of each base-variant profile run; the footer says where the
-    reserved memory is n/a."""
-    return _profile_bars(prof, path, "peak_mem_gb", "peak memory per device (GB)",
+    """Peak memory per device (``peak_mem_gb``, the allocator's peak) of each base-variant profile run; the
+    footer says where the reserved memory is n/a. Runs without a device allocator (CPU) have no such peak:
+    where no run has one, the process's peak RSS (``peak_rss_gb``) is drawn instead, labelled as such."""
+    col = peak_memory_column(prof)
+    if col == "peak_rss_gb":
+        return _profile_bars(prof, path, col, "peak process RSS per rank (GB)",
+                             "Peak memory per sharding strategy (this project; CPU: process RSS, "
+                             "no device allocator)", None, reserved_note(prof))
+    return _profile_bars(prof, path, col, "peak memory per device (GB)",
                          "Peak device memory per sharding strategy (this project)", None, reserved_note(prof))
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from geofm.config import PROFILE_VARIANT_KEYS
 from geofm.plots.names import PAPER, canonical_strategy, display, param_count
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
@@ -21,13 +22,12 @@ REFERENCE_FILES = {
     "prefetch": "frontier_prefetch_vit5b_8nodes_ips.csv",
 }
 BASE_VARIANT = "base"
-# the settings a profile variant may change (the profile JSON records them all, for every variant)
-VARIANT_SETTINGS = ["backward_prefetch", "forward_prefetch", "compile", "activation_checkpointing", "data",
-                    "precision"]
+# the settings a profile variant may change (the schema's list; the profile JSON records them all, for every variant)
+VARIANT_SETTINGS = list(PROFILE_VARIANT_KEYS)
 PROFILE_COLUMNS = ["model", "display_name", "strategy", "nodes", "variant", *VARIANT_SETTINGS, "world_size",
                    "images_per_s", "images_per_s_std", "tflops", "mfu", "peak_mem_gb", "peak_reserved_gb",
                    "comm_share", "status", "ok", "path"]
-_PROFILE_NUMERIC = ["nodes", "world_size", "images_per_s", "images_per_s_std", "tflops", "mfu", "peak_mem_gb",
+_PROFILE_NUMERIC = ["nodes", "world_size", "images_per_s", "images_per_s_std", "tflops", "mfu", "peak_rss_gb", "peak_mem_gb",
                     "peak_reserved_gb"]
 _PROFILE_FILE = re.compile(r"^(\d+)n(?:\.([a-z][a-z0-9_]*))?\.json$")
 EVAL_COLUMNS = ["protocol", "model", "display_name", "params", "dataset", "init", "top1", "top5", "n_train",
@@ -119,7 +119,8 @@ def _profile_frame(rows: list[dict]) -> pd.DataFrame:
     extra = [c for c in df.columns if c not in PROFILE_COLUMNS]
     df = df[PROFILE_COLUMNS + extra]
     for c in _PROFILE_NUMERIC:
-        df[c] = pd.to_numeric(df[c], errors="coerce")
+        if c in df.columns:  # peak_rss_gb: recorded from this version on
+            df[c] = pd.to_numeric(df[c], errors="coerce")
     return df
 
 

@@ -274,3 +274,13 @@ def variant_comparison(prof: pd.DataFrame) -> pd.DataFrame:
         if c not in d.columns:
             d[c] = None
     return d[cols].reset_index(drop=True)
+
+
+def peak_memory_column(prof: pd.DataFrame) -> str:
+    """The memory the peak-memory figure draws: the device allocator's peak (``peak_mem_gb``) where any run
+    measured one, else (CPU runs, which have no device allocator) the process's peak RSS (``peak_rss_gb``)."""
+    if "peak_mem_gb" in prof.columns and prof["peak_mem_gb"].notna().any():
+        return "peak_mem_gb"
+    if "peak_rss_gb" in prof.columns and prof["peak_rss_gb"].notna().any():
+        return "peak_rss_gb"
+    return "peak_mem_gb"
