@@ -170,3 +170,19 @@ def test_every_compared_part_reports_its_difference(trees):
 
 def test_a_missing_tree_is_a_usage_error(tmp_path, trees):
     assert cr.main([str(trees[0]), str(tmp_path / "nope")]) == 2
+
+
+def test_ignore_leaves_out_a_key_changed_on_purpose_and_only_that(trees, _run):
+    base, new = trees
+    summary = {"final_loss": 0.05, "steps": 20, "fingerprint": "aaaa"}
+    (base / "pretrain/m/summary.json").write_text(json.dumps(summary))
+    (new / "pretrain/m/summary.json").write_text(json.dumps({**summary, "fingerprint": "bbbb"}))
+    p = _run(base, new)
+    assert p.returncode == 1 and "fingerprint: 'aaaa' -> 'bbbb'" in p.stdout, p.stdout
+    p = _run(base, new, "--ignore", "fingerprint")
+    assert p.returncode == 0 and "also leaving out fingerprint" in p.stdout, p.stdout
+    # only that key: a changed final loss is still reported, and the next run without --ignore reports again
+    (new / "pretrain/m/summary.json").write_text(json.dumps({**summary, "fingerprint": "bbbb", "final_loss": 0.06}))
+    p = _run(base, new, "--ignore", "fingerprint")
+    assert p.returncode == 1 and "final_loss" in p.stdout and "fingerprint" not in p.stdout.split("\n", 1)[1]
+    assert "fingerprint" in _run(base, new).stdout
