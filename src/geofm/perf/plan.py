@@ -257,32 +257,29 @@ def _score(cfg: dict, label: str, c: Cluster, paper_over: dict | None = None, hy
             f"{100 * v.ips_median_abs_err:.1f} % | {100 * statistics.median(v.pick_shortfall()):.1f} % |")
 
 
-def ring_slowdown_sensitivity(cfg: dict, factors=(1.0, 6.0, None, 33.0)) -> str:
-    """Markdown: the validation's scaling metrics with Frontier's ``collective.ring_slowdown`` factor set to each
-    of ``factors`` (None: the cluster's own value): without it (1) and at both ends of the published range
-    (Singh et al.: RCCL's all-gather 6-33x slower than a bandwidth-optimal one on 2,048 GCDs)."""
+def _sensitivity(cfg: dict, field: str, header: str, values) -> str:
+    """Markdown: the validation's scaling metrics with Frontier's ``collective.<field>`` set to each of
+    ``values`` (None: the cluster's own value, marked "(clusters.yaml)")."""
     import dataclasses
 
     base = _paper_cluster(cfg)
-    lines = ["| ring_slowdown at 2,048 ranks | " + SCORE_HEADER, "|---|---|---|---|---|"]
-    for f in factors:
-        c = base if f is None else dataclasses.replace(base, ring_slowdown=f)
-        lines.append(_score(cfg, f"{c.ring_slowdown:g}{' (clusters.yaml)' if f is None else ''}", c))
+    lines = [f"| {header} | " + SCORE_HEADER, "|---|---|---|---|---|"]
+    for v in values:
+        c = base if v is None else dataclasses.replace(base, **{field: v})
+        lines.append(_score(cfg, f"{getattr(c, field):g}{' (clusters.yaml)' if v is None else ''}", c))
     return "\n".join(lines)
+
+
+def ring_slowdown_sensitivity(cfg: dict, factors=(1.0, 6.0, None, 33.0)) -> str:
+    """Without RCCL's shortfall (1) and at both ends of the published range (Singh et al.: RCCL's all-gather
+    6-33x slower than a bandwidth-optimal one on 2,048 GCDs), beside the cluster's own value."""
+    return _sensitivity(cfg, "ring_slowdown", "ring_slowdown at 2,048 ranks", factors)
 
 
 def overlap_sensitivity(cfg: dict, values=(1.0, 0.42, None, 0.0)) -> str:
-    """Markdown: the same metrics with Frontier's ``collective.overlap`` at each of ``values`` (None: the
-    cluster's): the ideal (1), what Agrawal et al. reach with prioritised, partitioned compute units (0.42),
-    the measured default (clusters.yaml), serialised (0)."""
-    import dataclasses
-
-    base = _paper_cluster(cfg)
-    lines = ["| overlap (share of the ideal saving realised) | " + SCORE_HEADER, "|---|---|---|---|---|"]
-    for f in values:
-        c = base if f is None else dataclasses.replace(base, overlap=f)
-        lines.append(_score(cfg, f"{c.overlap:g}{' (clusters.yaml)' if f is None else ''}", c))
-    return "\n".join(lines)
+    """The ideal overlap (1), what Agrawal et al. reach with prioritised, partitioned compute units (0.42), the
+    measured default (clusters.yaml), serialised (0)."""
+    return _sensitivity(cfg, "overlap", "overlap (share of the ideal saving realised)", values)
 
 
 def structure_steps(cfg: dict) -> str:

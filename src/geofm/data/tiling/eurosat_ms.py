@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import DataError
 from .builder import Builder, footprint, split_rng, stratified_split
-from .folders import ClassItem, collect_class_items
+from .folders import ClassItem, class_index, collect_class_items
 from .scenes import TIFF_SUFFIXES, band_selection
 
 # Sentinel-2 band order of EuroSAT_MS / EuroSAT_allBands GeoTIFFs
@@ -73,12 +73,7 @@ def tile_eurosat_ms(b: Builder, cfg: dict, raw_dir: Path, seed: int, spec) -> No
     n_bands = None if cfg.get("bands") is None else int(cfg["bands"])
     items = [it for it in collect_class_items(b, spec.name, spec.class_root, cfg, raw_dir)
              if it.path.suffix.lower() in TIFF_SUFFIXES]
-    classes = sorted({it.label_name for it in items})
-    if not classes:
-        raise DataError(f"no GeoTIFFs in class folders for format {spec.name} under {raw_dir}: " +
-                        "; ".join(r["reason"] for r in b.rejected))
-    b.classes = classes
-    cidx = {c: i for i, c in enumerate(classes)}
+    cidx = class_index(b, items, spec, raw_dir, "GeoTIFFs in class folders")
     sample_rng = split_rng(seed, b.name, "ms-sample")
     n_sample = int(cfg["percentile_sample"])
     good: list[_Checked] = []

@@ -111,14 +111,20 @@ def decode_into(b: Builder, fmt: str, cfg: dict, items: list, row_of) -> None:
             b.add_shard(npy, rows)
 
 
-def tile_class_folders(b: Builder, cfg: dict, raw_dir: Path, seed: int, spec) -> None:
-    items = collect_class_items(b, spec.name, spec.class_root, cfg, raw_dir)
+def class_index(b: Builder, items: list, spec, raw_dir: Path, what: str = "images") -> dict[str, int]:
+    """Set ``b.classes`` to the sorted class names of ``items`` and return name -> label; none is an error
+    naming the format, the folder and why each file was rejected."""
     classes = sorted({it.label_name for it in items})
     if not classes:
-        raise DataError(f"no images found for format {spec.name} under {raw_dir}: " +
+        raise DataError(f"no {what} found for format {spec.name} under {raw_dir}: " +
                         "; ".join(r["reason"] for r in b.rejected))
     b.classes = classes
-    cidx = {c: i for i, c in enumerate(classes)}
+    return {c: i for i, c in enumerate(classes)}
+
+
+def tile_class_folders(b: Builder, cfg: dict, raw_dir: Path, seed: int, spec) -> None:
+    items = collect_class_items(b, spec.name, spec.class_root, cfg, raw_dir)
+    cidx = class_index(b, items, spec, raw_dir)
 
     def row_of(it: ClassItem, meta: dict) -> dict:
         return {"tile_id": Path(it.source).stem, "source": it.source, "row_off": 0, "col_off": 0,
