@@ -7,17 +7,15 @@
    time limit that the config and the profile ask for.
 2. With a running Slurm (scripts/start-test-slurm.sh: nodes n1, n2, partition batch, slurmdbd): the tiny
    demo DAG runs through the slurm executor; pretraining is 2 srun tasks over the 2 nodes (gloo), the
-   profile job 2 tasks on 1 node; sacct shows the sbatch jobs; the outputs are checked.
+   profile job 2 tasks on 1 node; sacct shows the sbatch jobs; the outputs are checked. The study starts in
+   the background as the session begins (conftest.py, slurm_study.py) and this test waits for it.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,22 +23,8 @@ import pytest
 import yaml
 
 from geofm.perf.plan import cell_feasibility
+from slurm_study import REPO, SNAKEMAKE, TINY, _copy_workflow, sacct_jobs
 
-REPO = Path(__file__).resolve().parents[2]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-COPY = ["Snakefile", "workflow", "config", "profiles", "envs"]
-
-
-def _copy_workflow(dst: Path) -> Path:
-    """Copy the workflow (symlinks resolved: workflow/schemas points into src/) into ``dst``."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in COPY:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dst / name, symlinks=False, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst / name)
-    return dst
 
 
 def _merge(a: dict, b: dict) -> dict:
@@ -251,115 +235,31 @@ def test_local_profile_unaffected():
     assert 'MPI=""' in pre["shell"] and 'SITE_ENV=""' in pre["shell"]
 
 
-# ----------------------------------------------------------------------------- the real Slurm run
-def _slurm_reason() -> str | None:
-    """Why the Slurm test cannot run here, or None."""
-    for tool in ("sbatch", "srun", "sacct", "sinfo", "scontrol"):
-        if shutil.which(tool) is None:
-            return f"`{tool}` not found: no Slurm client here (start one with: sudo scripts/start-test-slurm.sh)"
-
-    def run(*cmd):
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=20)
-        except subprocess.TimeoutExpired:
-            return SimpleNamespace(returncode=1, stdout="", stderr="timeout")
-
-    if run("scontrol", "ping").returncode != 0 or "UP" not in run("scontrol", "ping").stdout:
-        return "no Slurm controller answering `scontrol ping` (start one: sudo scripts/start-test-slurm.sh)"
-    nodes = run("sinfo", "-h", "-N", "-p", "batch", "-o", "%N %T").stdout.split("\n")
-    ok = {ln.split()[0] for ln in nodes if ln.strip() and re.match(r"(idle|mixed|allocated|planned)", ln.split()[1])}
-    if len(ok) < 2:
-        return f"partition 'batch' needs 2 usable nodes (scripts/start-test-slurm.sh makes n1, n2): {nodes}"
-    if run("sacct", "-n", "-X", "-S", "now-1minute").returncode != 0:
-        return "sacct does not work (no slurmdbd): the Slurm executor's status checks need it"
-    return None
-
-
-# A tiny study shaped like the paper's: two models (each its own pretraining geometry, evaluated on 2 ranks,
-# one with its encoder sharded), two strategies over 1 and 2 nodes plus a variant (5 profile cells in 2
-# bundles: model x node count), under the local cluster's limits (QOS: 100 queued jobs per user,
-# partition time limit): every job's walltime inside it, the whole study far below the submit limit.
-TINY = """
-results: results
-resources: resources
-seed: 0
-device: cpu
-image_size: 16
-pretrain_dataset: demo_scenes
-eval_datasets: [demo_landcover]
-models: [test_micro, demo_tiny]
-scheduler:
-  max_submissions: 100
-  walltime_bins: [{max_nodes: 2, max_min: 120}]
-datasets:
-  demo_scenes: {kind: scenes, source: synthetic, format: geotiff_scenes, n_scenes: 2, size: 256, bands: 3,
-                tile_size: 16, stride: 16, min_valid_fraction: 0.9, split_block: 64}
-  demo_landcover: {kind: classification, source: derived, from: demo_scenes, format: derived_landcover,
-                   tile_size: 16, train_ratio: 0.5, min_purity: 0.9, max_per_class: 40}
-pretrain: {steps: 5, batch_size: 8, lr: 1.0e-3, warmup_steps: 1, weight_decay: 0.05, mask_ratio: 0.75,
-           norm_pix_loss: false, decoder_dim: 16, decoder_depth: 1, decoder_heads: 2, strategy: NO_SHARD,
-           nodes: 2, procs_per_node: 1, precision: fp32, checkpoint_every: 2, log_every: 1, runtime_min: 10,
-           retries: 1, per_model: {demo_tiny: {nodes: 1, procs_per_node: 2, runtime_min: 8}}}
-evaluate: {protocols: [knn, linprobe], bundle: true, batch_size: 64, linprobe_epochs: 2, knn_k: 5, knn_temperature: 0.07,
-           runtime_min: 10, nodes: 1, procs_per_node: 2, per_model: {demo_tiny: {shard_encoder: true}}}
-profile: {models: [test_micro], strategies: [NO_SHARD, FULL_SHARD], nodes: [1, 2], procs_per_node: 2,
-          batch_size: 4, steps: 2, warmup_steps: 1, precision: fp32, data: synthetic, runtime_min: 5,
-          variants: {noprefetch: {backward_prefetch: 0, models: [test_micro], strategies: [FULL_SHARD], nodes: [2]}}}
-"""
-
-
-def _sacct(workdir: Path, since: str) -> list[dict]:
-    out = subprocess.run(["sacct", "-a", "-P", "-n", "-S", since, "-o",
-                          "JobID,State,NNodes,NTasks,NodeList,WorkDir%300,Comment%200"],
-                         capture_output=True, text=True, timeout=30, check=True).stdout
-    rows = [dict(zip(("id", "state", "nnodes", "ntasks", "nodes", "workdir", "comment"), ln.split("|")))
-            for ln in out.splitlines() if ln.strip()]
-    jobs = {r["id"]: r for r in rows if "." not in r["id"] and r["workdir"].rstrip("/") == str(workdir)}
-    for r in rows:
-        jid, _, step = r["id"].partition(".")
-        if step and jid in jobs:
-            jobs[jid].setdefault("steps", {})[step] = r
-    return list(jobs.values())
-
-
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_paper_shaped_study_through_slurm(tmp_path):
-    reason = _slurm_reason()
-    if reason:
-        pytest.skip(reason)
-    # the cluster carries Frontier's limits that matter here
-    qos = subprocess.run(["sacctmgr", "-n", "-P", "show", "qos", "where", "name=normal", "format=MaxSubmitPU"],
-                         capture_output=True, text=True, timeout=30).stdout.split()
-    part = subprocess.run(["scontrol", "show", "partition", "batch"], capture_output=True, text=True, timeout=30).stdout
-    enforce = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
-    if qos != ["100"] or "MaxTime=02:00:00" not in part or "limits" not in enforce:
-        pytest.skip("the local Slurm lacks the submit/time limits: restart it with scripts/start-test-slurm.sh")
-    too_long = subprocess.run(["sbatch", "--parsable", "-t", "121", "-o", "/dev/null", "--wrap", "true"],
-                              capture_output=True, text=True, timeout=30)
-    assert too_long.returncode != 0  # over the partition's limit: rejected at submission, as on Frontier
+def test_paper_shaped_study_through_slurm(slurm_study_run):
+    """slurm_study.TINY through profiles/test-slurm on the local cluster (started in the background as the
+    session began: conftest.py)."""
+    study = slurm_study_run
+    if study.skip:
+        pytest.skip(study.skip)
+    assert study.too_long_rejected  # over the partition's time limit: rejected at submission, as on Frontier
 
     from geofm.config import validate
     from geofm.schedule import cell_paths_of, study_schedule
 
-    wd = _copy_workflow(tmp_path / "wf")
-    (wd / "tiny.yaml").write_text(TINY)
     cfg = validate(yaml.safe_load(TINY))
     plan = study_schedule(cfg, cell_paths_of(cfg))
     assert plan["problems"] == [] and plan["profile_cells"] == 5
-    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
-    t0 = time.time()
-    # SIGINT, not SIGTERM: Snakemake then cancels its Slurm jobs and stops
-    p = subprocess.run(["timeout", "-s", "INT", "540", *SNAKEMAKE, "--profile", "profiles/test-slurm",
-                        "--configfile", "tiny.yaml"], cwd=wd, capture_output=True, text=True, timeout=600)
-    log = p.stdout + p.stderr
-    if p.returncode != 0:
+    wd = study.wd
+    rc, log = study.wait()
+    if rc != 0:
         tails = "".join(f"\n--- {f}\n{f.read_text()[-1500:]}" for f in sorted((wd / "results/logs").rglob("*.log")))
-        pytest.fail(f"snakemake exited {p.returncode} after {time.time() - t0:.0f}s\n{log[-4000:]}{tails}")
+        pytest.fail(f"snakemake exited {rc} after {study.seconds:.0f}s\n{log[-4000:]}{tails}")
     res = wd / "results"
 
     # every non-local job went through sbatch and completed; download/figures ran locally
-    jobs = _sacct(wd, since)
+    jobs = sacct_jobs(wd, study.since)
     by_rule: dict[str, list] = {}
     for j in jobs:
         m = re.match(r"rule_(\w+?)(?:_wildcards|$)", j["comment"])
@@ -409,5 +309,5 @@ def test_paper_shaped_study_through_slurm(tmp_path):
     for name in ("loss_curves", "accuracy_vs_size", "throughput_per_strategy"):
         assert (res / f"figures/{name}.png").stat().st_size > 1000
     assert (res / "tables/profile.csv").exists()
-    print(f"slurm study: {time.time() - t0:.0f}s, {len(jobs)} sbatch jobs "
+    print(f"slurm study: {study.seconds:.0f}s, {len(jobs)} sbatch jobs "
           f"{sorted((r, len(v)) for r, v in by_rule.items())}")
