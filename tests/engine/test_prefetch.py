@@ -36,10 +36,9 @@ def expected(order: list[str], depth: int) -> dict[str, int]:
 def orders(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("prefetch")
     out = {}
+    run_ranks(2, {"mode": "prefetch", "depths": [[d, d] for d in (0, 1, 2)], "out": str(tmp / "order")})
     for depth in (0, 1, 2):
-        path = tmp / f"d{depth}.json"
-        run_ranks(2, {"mode": "prefetch", "backward": depth, "forward": depth, "out": str(path)})
-        ev = json.loads(path.read_text())
+        ev = json.loads((tmp / f"order.{depth}-{depth}.json").read_text())
         cut = ev.index(["BACKWARD"])
         out[depth] = ev[:cut], ev[cut + 1:]
     return out

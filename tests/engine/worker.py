@@ -3,8 +3,9 @@
 ``{"mode": "train", "cfg": {...TrainConfig...}, "out": dir}`` runs pretraining (``"kill_at_step": k``: each
 rank SIGKILLs itself as it starts step k; ``"record_dtypes": path``: see :func:`_record_dtypes`);
 ``{"mode": "meta", "model": name, "image_size": n, "strategy": s}`` reports per-rank parameter memory;
-``{"mode": "prefetch", "backward": d, "forward": f, "out": path}`` records the order of FSDP2 all-gathers
-against block compute in one training step (see :func:`prefetch_order`).
+``{"mode": "prefetch", "depths": [[b, f], ...], "out": prefix}`` records the order of FSDP2 all-gathers
+against block compute in one training step, for each (backward, forward) prefetch depth in turn, in one
+process group (see :func:`prefetch_order`).
 """
 import json
 import resource
@@ -30,7 +31,6 @@ def main():
             print(f"walltime stop: {exc}", flush=True)
             sys.exit(WalltimeStop.EXIT_CODE)
         return
-    import torch
     from torch.distributed.tensor import DTensor
 
     from geofm.distributed import launch
@@ -135,7 +135,8 @@ def _record_dtypes(path: str) -> None:
 
 
 def prefetch_order(args):
-    """FULL_SHARD test_micro MAE (4 blocks) on this world; rank 0 writes the event list of its second step.
+    """For each (backward, forward) depth of ``args["depths"]``: a new FULL_SHARD test_micro MAE (4 blocks) on
+    this world; rank 0 writes the event list of its second step to ``<out>.<backward>-<forward>.json``.
 
     Events: ``["AG", m]`` when FSDP2 issues module m's all-gather (``foreach_all_gather`` wrapped in the
     module FSDP2 calls it from, ``_fsdp_param_group``), ``["F", m]`` when m's forward computation starts (a
@@ -143,18 +144,32 @@ def prefetch_order(args):
     computation starts (a full backward pre-hook on the block's MLP; the root's on the decoder head), and
     ``["BACKWARD"]`` between the passes. m is ``root`` or ``b0`` … ``b3`` (encoder then decoder blocks).
     """
-    import torch
     from torch.distributed.fsdp._fully_shard import _fsdp_param_group as fpg
 
     from geofm.distributed import launch
+
+    de, dev = launch.init("cpu")
+    real = fpg.foreach_all_gather
+    for backward, forward in args["depths"]:
+        fpg.foreach_all_gather = real
+        events = _prefetch_events(de, dev, backward, forward)
+        if de.rank == 0:
+            with open(f"{args['out']}.{backward}-{forward}.json", "w") as fh:
+                json.dump(events, fh)
+    launch.shutdown()
+
+
+def _prefetch_events(de, dev, backward: int, forward: int) -> list:
+    import torch
+    from torch.distributed.fsdp._fully_shard import _fsdp_param_group as fpg
+
     from geofm.distributed.parallelize import parallelize, parse_strategy, transformer_blocks
     from geofm.models.mae import build_mae, materialize
 
-    de, dev = launch.init("cpu")
     torch.manual_seed(0)
     model = build_mae("test_micro", 16, 3, device="meta", decoder_dim=32, decoder_depth=2, decoder_heads=2)
     parallelize(model, parse_strategy("FULL_SHARD"), de.world_size, dev, precision="fp32",
-                backward_prefetch=args["backward"], forward_prefetch=args["forward"])
+                backward_prefetch=backward, forward_prefetch=forward)
     materialize(model, dev, seed=0)
     blocks = [b for bl in transformer_blocks(model) for b in bl]
     names = {id(model._get_fsdp_state()._fsdp_param_group.fsdp_params[0]): "root"}
@@ -184,10 +199,7 @@ def prefetch_order(args):
         loss = model(x, 0.75, noise)[0]
         note("BACKWARD")
         loss.backward()
-    if de.rank == 0:
-        with open(args["out"], "w") as fh:
-            json.dump(events, fh)
-    launch.shutdown()
+    return events
 
 
 if __name__ == "__main__":
