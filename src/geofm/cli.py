@@ -100,11 +100,11 @@ def cmd_pretrain(args, cfg, argv):
 
 def cmd_profile(args, cfg, argv):
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiled step: no Kineto start/stop chatter in the log
-    from .config import profile_effective
+    from .config import pretrain_settings, profile_effective
 
     variant = args.variant or "base"
     try:
-        cell = profile_effective(cfg, variant)
+        cell = profile_effective(cfg, variant, args.model)
     except ValueError as exc:
         print(f"geofm profile: error: {exc}", file=sys.stderr)
         return 2
@@ -124,7 +124,7 @@ def cmd_profile(args, cfg, argv):
     over = {k: eff[k] for k in PROFILE_VARIANT_KEYS if k != "data"}  # a cell's step settings (schema)
     if real:
         over["in_chans"] = _in_chans(cfg, ds)
-    p = dict(cfg["pretrain"])
+    p = pretrain_settings(cfg, args.model)  # the model's own recipe (pretrain.per_model) under the cell's settings
     p.pop("strategy", None)
     tc = _train_config(cfg, args.model, data, p, strategy=args.strategy, batch_size=eff["batch_size"] * world, **over)
     rec = profile_run(tc, args.nodes, eff["warmup_steps"], eff["steps"], eff["device_memory_gb"],
@@ -297,10 +297,12 @@ def cmd_plan(args, cfg):
     print(f"profile grid: {len(rows)} cells, {len(ok)} feasible, {len(rows) - len(ok)} impossible; "
           f"predicted {grid_nh:,.1f} node-hours (feasible cells, {cfg['profile']['warmup_steps']} + "
           f"{cfg['profile']['steps']} + 1 steps each plus the job overhead)")
-    pt = cfg["pretrain"]
+    from .config import pretrain_settings
+
     for m, v in pre.items():
         nh = f"{v['node_hours']:,.1f} node-hours ({v['images_per_s']:,.0f} img/s)" if v["node_hours"] is not None \
             else v["status"]
+        pt = pretrain_settings(cfg, m)
         print(f"pretrain {m}: {pt['strategy']} on {v['nodes']} nodes, {pt['steps']} steps: {nh}")
     print(f"study: {grid_nh + pre_nh:,.1f} node-hours (profile grid {grid_nh:,.1f} + pretraining {pre_nh:,.1f})")
     summary = {"cluster": cluster.name, "cells": len(rows), "feasible": len(ok),

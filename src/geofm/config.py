@@ -424,10 +424,11 @@ def _reference_tables() -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in sorted(ref.glob("*.csv"))}
 
 
-def profile_effective(cfg: dict, variant: str) -> dict:
+def profile_effective(cfg: dict, variant: str, model: str | None = None) -> dict:
     """A profile cell's settings: ``profile`` the profile section (less its grid lists and execution-only keys)
     under the variant's overrides (``own``; ``base``: none), ``pretrain`` the rest of the step's settings, which
-    come from the pretrain section (``x-profile``). An unknown variant is a ValueError."""
+    come from the pretrain section (``x-profile``) as ``model`` sees it (``pretrain.per_model``; the section
+    alone without a model). An unknown variant is a ValueError."""
     prof = cfg["profile"]
     variants = prof["variants"]
     if variant != "base" and variant not in variants:
@@ -437,7 +438,8 @@ def profile_effective(cfg: dict, variant: str) -> dict:
                                                                                 "variants")}
     eff.update(own)
     props = _props("pretrain")
-    step = {k: v for k, v in cfg["pretrain"].items() if (props.get(k) or {}).get("x-profile") and k not in eff}
+    pre = pretrain_settings(cfg, model) if model else cfg["pretrain"]
+    step = {k: v for k, v in pre.items() if (props.get(k) or {}).get("x-profile") and k not in eff}
     return {"variant": variant, "profile": eff, "pretrain": step, "own": own}
 
 
@@ -462,7 +464,7 @@ def rule_params(cfg: dict, rule: str, dataset: str | None = None, model: str | N
         if train_ratio is not None:  # one of datasets.<D>.train_ratios: this job's re-split ({D}.tr<percent>.json)
             out["train_ratio"] = float(train_ratio)
     elif rule == "profile":
-        eff = profile_effective(cfg, variant)
+        eff = profile_effective(cfg, variant, model)
         del eff["own"]  # already in eff["profile"]
         if eff["profile"]["data"] == "real":
             eff["dataset"] = cfg["pretrain_dataset"]
@@ -471,9 +473,8 @@ def rule_params(cfg: dict, rule: str, dataset: str | None = None, model: str | N
         names = sorted(set(cfg["profile"]["models"]) | set(cfg["models"]))
         out = {"plan": section_keys(cfg, "plan"), "profile": section_keys(cfg, "profile"),
                "pretrain": section_keys(cfg, "pretrain"), "specs": {m: _spec(m) for m in names},
-               # each model's pretraining geometry (pretrain.per_model is execution-only, but the plan prices it)
-               "pretrain_geometry": {m: [pretrain_settings(cfg, m)[k] for k in ("nodes", "procs_per_node")]
-                                     for m in cfg["models"]},
+               # each model's pretraining as it runs it (pretrain.per_model: geometry and recipe), which the plan prices
+               "pretrain_per_model": {m: pretrain_settings(cfg, m) for m in cfg["models"]},
                "image_size": cfg["image_size"], "paper_reference": _reference_tables()}
     elif rule == "figures":
         out = {"paper_reference": _reference_tables()}

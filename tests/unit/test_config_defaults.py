@@ -106,6 +106,16 @@ def test_override_mappings_carry_no_defaults():
     assert cfg["pretrain"]["per_model"] == {"demo_tiny": {"nodes": 1}}
 
 
+def test_override_entries_have_their_sections_types():
+    """A per_model entry takes the same values as the section's key it overrides (no drift between the two)."""
+    props = schema()["properties"]
+    for section in ("pretrain", "evaluate"):
+        sec = props[section]["properties"]
+        for key, rule in sec["per_model"]["additionalProperties"]["properties"].items():
+            own = {k: v for k, v in sec[key].items() if k not in ("default", "description") and not k.startswith("x-")}
+            assert rule == own, (section, key)
+
+
 def test_every_x_default_from_names_a_key_of_the_same_type():
     found = []
 

@@ -78,6 +78,11 @@ def touched(before, after) -> set:
     ("evaluate.feature_precision", "bf16", {"knn", "linprobe"}),
     ("evaluate.per_model", {"demo_tiny": {"feature_precision": "bf16"}}, {"knn", "linprobe"}),
     ("evaluate.per_model", {"demo_small": {"feature_precision": "bf16"}}, set()),
+    ("evaluate.per_model", {"demo_tiny": {"pool": "cls"}}, {"knn", "linprobe"}),
+    # a model's own pretraining recipe: its pretrain job (and its profile cells, for the step's keys) only
+    ("pretrain.per_model", {"demo_tiny": {"lr": 5e-4, "norm_pix_loss": True}}, {"pretrain"}),
+    ("pretrain.per_model", {"demo_base": {"decoder_dim": 32}}, {"profile", "profile_ac"}),
+    ("pretrain.per_model", {"demo_small": {"lr": 5e-4, "decoder_depth": 2}}, set()),
     ("evaluate.finetune_activation_checkpointing", 1, set()),  # fine-tuning only (no finetune job here)
 ])
 def test_a_key_is_in_the_params_of_exactly_the_jobs_it_determines(demo, path, value, jobs):
@@ -150,3 +155,23 @@ def test_each_stage_help_says_what_it_reads_writes_and_an_example(stage):
     example = shlex.split(text.split("example: ", 1)[1].replace("\n", " "))
     for opt in (a for a in example if a.startswith("--")):
         assert f"{opt} " in text.split("options:")[1], opt  # the example uses only options the stage has
+
+
+def test_a_models_own_recipe_reaches_its_training_and_fingerprint_only(demo):
+    """pretrain.per_model.<model> recipe keys: the CLI's TrainConfig for that model carries them (and so its
+    checkpoint fingerprint changes); another model's stays as it was."""
+    from geofm.cli import _train_config
+    from geofm.config import pretrain_settings
+    from geofm.train.fingerprint import fingerprint
+
+    own = changed(demo, "pretrain.per_model", {"demo_base": {"lr": 7.5e-4, "decoder_dim": 24, "decoder_depth": 3}})
+
+    def tc(cfg, model):
+        return _train_config(cfg, model, "synthetic", pretrain_settings(cfg, model))
+
+    base = tc(own, "demo_base")
+    assert (base.lr, base.decoder_dim, base.decoder_depth) == (7.5e-4, 24, 3)
+    assert base.decoder_heads == demo["pretrain"]["decoder_heads"]  # the rest from the section
+    assert fingerprint(base) != fingerprint(tc(demo, "demo_base"))
+    assert tc(own, "demo_tiny") == tc(demo, "demo_tiny")
+    assert fingerprint(tc(own, "demo_tiny")) == fingerprint(tc(demo, "demo_tiny"))

@@ -1,6 +1,6 @@
 # MAE pretraining, one job per model size. Nodes, ranks per node, walltime and retries per model come from
 # the config (pretrain.per_model.<model> over pretrain; execution only: they are not in the rule's params
-# or the checkpoint fingerprint); locally the CLI starts its own ranks, under Slurm `resources.mpi` (srun)
+# or the checkpoint fingerprint; a model's own recipe keys there are, so changing one reruns that model); locally the CLI starts its own ranks, under Slurm `resources.mpi` (srun)
 # starts one task per GPU and each derives its rank from Slurm.
 # Walltime: a chunk that gets the walltime signal (profiles/frontier: sbatch --signal=USR1@300) or SIGTERM
 # writes a checkpoint at the current step and exits (status 75); Snakemake resubmits it (`retries`) and it

@@ -67,9 +67,9 @@ class Workload:
     def from_config(cls, cfg: dict, model: str, section: str = "profile", **over) -> "Workload":
         """A profile cell (``section`` = "profile": per-device batch ``profile.batch_size``) or a pretraining run
         (``"pretrain"``: the global ``pretrain.batch_size`` over its ranks) of ``model``, each key resolved as
-        that run resolves it (``run_setting``)."""
+        that run resolves it (``run_setting``; the pretrain keys as ``model`` sees them: ``pretrain.per_model``)."""
         def get(key, sec=section):
-            return run_setting(cfg, sec, key)
+            return run_setting(cfg, sec, key, model)
 
         if section == "profile":
             batch = get("batch_size")
