@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(not all(p.exists() for p in ZIPS.values()),
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
     from geofm.cli import main as cli
-    from geofm.config import load_config
+    from geofm.config import load_config, pretrain_settings
     from geofm.train.pretrain import TrainConfig, train
 
     tmp = tmp_path_factory.mktemp("real")
@@ -46,7 +46,7 @@ def real(tmp_path_factory):
     assert cfg_path and raw["pretrain_dataset"] == "realmix"
     assert cli(["tile", "--config", str(cfg_path), "--dataset", "realmix"]) in (0, None)
     cfg = load_config(cfg_path)
-    pre = cfg["pretrain"]
+    pre = pretrain_settings(cfg, "demo_tiny")  # demo_tiny's recipe (demo_base has its own: pretrain.per_model)
     torch.set_num_threads(1)  # one thread: OpenMP's spinning threads slow a shared 2-core machine down many times
     tc = TrainConfig(model="demo_tiny", image_size=cfg["image_size"], data=str(tmp / "results" / "tiles" / "realmix"),
                      steps=pre["steps"], batch_size=pre["batch_size"], lr=pre["lr"], warmup_steps=pre["warmup_steps"],
@@ -63,7 +63,10 @@ def real(tmp_path_factory):
 def test_pretrained_beats_random_init(real, protocol, dataset):
     from geofm.eval.stages import run_evaluate
 
+    from geofm.config import evaluate_settings
+
     cfg, enc = real
+    cfg = {**cfg, "evaluate": evaluate_settings(cfg, "demo_tiny")}  # as `geofm evaluate --model demo_tiny` does
     out = Path(cfg["results"]) / "eval" / protocol / "demo_tiny" / f"{dataset}.json"
     rec = run_evaluate(cfg, protocol, "demo_tiny", dataset, enc, out)
     pre, rnd = rec["pretrained"]["top1"], rec["random_init"]["top1"]
