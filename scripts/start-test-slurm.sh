@@ -141,6 +141,7 @@ ReturnToService=2
 SlurmdParameters=config_overrides
 MinJobAge=300
 DefMemPerCPU=1000
+PropagatePrioProcess=1
 StateSaveLocation=$SPOOL/slurmctld
 SlurmdSpoolDir=$SPOOL/slurmd-%n
 SlurmctldPidFile=/run/slurmctld.pid

@@ -473,8 +473,11 @@ def rule_params(cfg: dict, rule: str, dataset: str | None = None, model: str | N
         names = sorted(set(cfg["profile"]["models"]) | set(cfg["models"]))
         out = {"plan": section_keys(cfg, "plan"), "profile": section_keys(cfg, "profile"),
                "pretrain": section_keys(cfg, "pretrain"), "specs": {m: _spec(m) for m in names},
-               # each model's pretraining as it runs it (pretrain.per_model: geometry and recipe), which the plan prices
-               "pretrain_per_model": {m: pretrain_settings(cfg, m) for m in cfg["models"]},
+               # each model's pretraining as the plan prices it (pretrain.per_model over the section): its recipe
+               # and its geometry (execution-only elsewhere); not its walltime or retries
+               "pretrain_per_model": {m: {**section_keys(cfg, "pretrain", values=pretrain_settings(cfg, m)),
+                                          "geometry": [pretrain_settings(cfg, m)[k] for k in ("nodes", "procs_per_node")]}
+                                      for m in cfg["models"]},
                "image_size": cfg["image_size"], "paper_reference": _reference_tables()}
     elif rule == "figures":
         out = {"paper_reference": _reference_tables()}

@@ -3,7 +3,7 @@
 Most of its wall time is waiting: each sbatch job is seen finished at the Slurm executor's next status
 check (snakemake-executor-plugin-slurm 2.8.0 ``check_active_jobs``: the first check after
 ``slurm-init-seconds-before-status-checks``, then 10 s longer after each check that finds nothing finished),
-and the DAG is five jobs deep. The tests' own work uses the CPUs meanwhile: ``conftest.py`` starts the study
+and the DAG is five jobs deep. The tests' own work uses the CPUs meanwhile (the study at nice 19): ``conftest.py`` starts the study
 when ``test_paper_shaped_study_through_slurm`` is among the collected tests, and that test waits for it
 and checks what it did (sacct, the outputs). Outside pytest: ``start(dir).wait()``.
 """
@@ -23,6 +23,10 @@ REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 COPY = ["Snakefile", "workflow", "config", "profiles", "envs"]
 STUDY_TIMEOUT_S = 540  # snakemake gets SIGINT then (it cancels its Slurm jobs and stops)
+# Its jobs' CPU work runs at the lowest priority, on what the tests leave idle: sbatch inherits snakemake's
+# nice value and the jobs' tasks the submitting command's (slurm.conf PropagatePrioProcess=1, set by
+# scripts/start-test-slurm.sh; slurm.conf(5)); without it they run at slurmd's and merely contend.
+NICE = ["nice", "-n", "19"]
 
 
 def _copy_workflow(dst: Path) -> Path:
@@ -137,7 +141,7 @@ class Study:
         self.log_path = self.wd / "snakemake.out"
         with open(self.log_path, "w") as log:
             # SIGINT, not SIGTERM: Snakemake then cancels its Slurm jobs and stops
-            self.proc = subprocess.Popen(["timeout", "-s", "INT", str(STUDY_TIMEOUT_S), *SNAKEMAKE, "--profile",
+            self.proc = subprocess.Popen([*NICE, "timeout", "-s", "INT", str(STUDY_TIMEOUT_S), *SNAKEMAKE, "--profile",
                                           "profiles/test-slurm", "--configfile", "tiny.yaml"], cwd=self.wd,
                                          stdout=log, stderr=subprocess.STDOUT)
         return self

@@ -175,3 +175,13 @@ def test_a_models_own_recipe_reaches_its_training_and_fingerprint_only(demo):
     assert fingerprint(base) != fingerprint(tc(demo, "demo_base"))
     assert tc(own, "demo_tiny") == tc(demo, "demo_tiny")
     assert fingerprint(tc(own, "demo_tiny")) == fingerprint(tc(demo, "demo_tiny"))
+
+
+@pytest.mark.parametrize("path, value, reruns", [
+    ("pretrain.per_model", {"demo_tiny": {"decoder_dim": 16}}, True),  # a model's recipe: priced anew
+    ("pretrain.per_model", {"demo_tiny": {"nodes": 2}}, True),  # its geometry
+    ("pretrain.per_model", {"demo_tiny": {"runtime_min": 5, "retries": 1}}, False),  # its walltime: no
+    ("pretrain.runtime_min", 7, False),
+])
+def test_the_plan_reprices_a_models_own_recipe_and_geometry_only(demo, path, value, reruns):
+    assert (rule_params(demo, "plan") != rule_params(changed(demo, path, value), "plan")) == reruns
