@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +46,6 @@ def real(tmp_path_factory):
     assert cli(["tile", "--config", str(cfg_path), "--dataset", "realmix"]) in (0, None)
     cfg = load_config(cfg_path)
     pre = pretrain_settings(cfg, "demo_tiny")  # demo_tiny's recipe (demo_base has its own: pretrain.per_model)
-    torch.set_num_threads(1)  # one thread: OpenMP's spinning threads slow a shared 2-core machine down many times
     tc = TrainConfig(model="demo_tiny", image_size=cfg["image_size"], data=str(tmp / "results" / "tiles" / "realmix"),
                      steps=pre["steps"], batch_size=pre["batch_size"], lr=pre["lr"], warmup_steps=pre["warmup_steps"],
                      norm_pix_loss=pre["norm_pix_loss"], decoder_dim=pre["decoder_dim"],
