@@ -153,6 +153,14 @@ def test_run_settings_resolve_as_the_runs_do(cfg):
     assert Workload.from_config(cfg, "vit_base").batch_per_gpu == cfg["profile"]["batch_size"] == 32
     own = {**cfg, "pretrain": {**cfg["pretrain"], "per_model": {"vit_base": {"nodes": 4}}}}
     assert run_setting(own, "pretrain", "nodes", "vit_base") == 4 and run_setting(own, "pretrain", "nodes") == 16
+    # a model's own recipe (pretrain.per_model) shapes its workload, for its pretraining and its profile cells
+    mine = {**cfg, "pretrain": {**cfg["pretrain"], "per_model": {"vit_base": {"decoder_dim": 256, "decoder_depth": 2,
+                                                                             "mask_ratio": 0.5}}}}
+    for section in ("pretrain", "profile"):
+        w = Workload.from_config(mine, "vit_base", section)
+        assert (w.decoder_dim, w.decoder_depth, w.mask_ratio) == (256, 2, 0.5), section
+        other = Workload.from_config(mine, "vit_huge", section)
+        assert (other.decoder_dim, other.mask_ratio) == (cfg["pretrain"]["decoder_dim"], cfg["pretrain"]["mask_ratio"])
     # the plan section: the schema's defaults under a hand-built dict
     assert plan_settings({}) == section_defaults("plan") and plan_settings({})["cluster"] == "frontier"
     assert load_cluster({}).name == "frontier"
