@@ -1,5 +1,6 @@
-"""Starts the Slurm study (slurm_study.py) as the session begins, when its test is selected, so that its
-waiting on Slurm overlaps the other tests; the study's directory is removed when the session ends."""
+"""Starts the Slurm study (slurm_study.py) as the session begins, when its test is selected, and runs that
+test last, so that the study's waiting on Slurm overlaps all the other tests; the study's directory is
+removed when the session ends."""
 import shutil
 import tempfile
 from pathlib import Path
@@ -10,6 +11,11 @@ import slurm_study
 
 _STUDY: dict = {}
 TEST = "test_paper_shaped_study_through_slurm"
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The study's test goes last: it only waits for the study and checks its outputs."""
+    items.sort(key=lambda item: item.name == TEST)  # stable: the rest keep their order
 
 
 def pytest_collection_finish(session):
