@@ -38,7 +38,7 @@ def _lower_job_sessions(stop: threading.Event, nice: int = 19, period_s: float =
     groups sessions (autogroup, /proc/sys/kernel/sched_autogroup_enabled = 1; sched(7), "The autogroup
     feature") it shares the CPU between the groups first and looks at nice values only inside a group:
     measured here, six of the study's tasks at nice 19, each in its own session, left a test's process at nice 0
-    a fifth of the two cores. A group has a nice value of its own (/proc/PID/autogroup, which a process may
+    a quarter to half a core. A group has a nice value of its own (/proc/PID/autogroup, which a process may
     raise for its own user's groups): set it to ``nice`` for every session of ours whose processes run at
     that nice value, except the test session's own group. Without autogroup the files are absent and
     nothing is done."""
