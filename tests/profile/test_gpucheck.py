@@ -73,3 +73,19 @@ def test_script_refuses_without_a_gpu(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exc:
         runpy.run_path(str(ROOT / "scripts" / "gpu-check"), run_name="__main__")
     assert exc.value.code == 2 and "--cpu" in capsys.readouterr().err
+
+
+def test_sweep_options_change_what_is_measured(tmp_path):
+    """--batch / --steps / --kinds / --no-loader (a batch sweep on a GPU): the rows are measured with them."""
+    assert G.main(["--cpu", "--out", str(tmp_path), "--models", "test_micro", "--batch", "test_micro=4",
+                   "--steps", "2", "--kinds", "plain", "fsdp2_1rank", "--no-loader"]) == 0
+    rep = json.loads((tmp_path / "gpu-check-CPU.json").read_text())
+    assert rep["timed_steps"] == 2 and [r["kind"] for r in rep["rows"]] == ["plain", "fsdp2_1rank"]
+    for r in rep["rows"]:
+        assert r["status"] == "ok" and r["batch"] == 4 and r["steps"] == 2
+    assert rep["rows"][1]["sharded_params"] > 0
+    for bad in (["--batch", "test_micro"], ["--batch", "test_micro=0"], ["--steps", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            G.main(["--cpu", "--out", str(tmp_path / "bad"), *bad])
+        assert exc.value.code == 2
+    assert not (tmp_path / "bad").exists()

@@ -360,12 +360,17 @@ def _write(report: dict, out: Path, stem: str) -> None:
     write_text(out / f"{stem}.md", markdown(report))
 
 
-def run(cpu: bool, out: Path, budget_s: float | None = None, models: list[str] | None = None) -> dict:
+def run(cpu: bool, out: Path, budget_s: float | None = None, models: list[str] | None = None,
+        batch: dict[str, int] | None = None, steps: int | None = None, kinds: list[str] | None = None,
+        loader: bool = True) -> dict:
     from ..train import metrics
 
     st = settings(cpu, budget_s)
     if models:
         st.models = tuple(models)
+    st.batch.update(batch or {})
+    st.steps = steps or st.steps
+    run_kinds = tuple(kinds or KINDS)
     device = torch.device("cpu") if cpu else torch.device("cuda", 0)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -378,6 +383,7 @@ def run(cpu: bool, out: Path, budget_s: float | None = None, models: list[str] |
     report = {"device": name, "device_full": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
               "torch": torch.__version__, "precision": st.precision, "image_size": st.image_size,
               "decoder": f"{st.decoder_dim}x{st.decoder_depth}", "budget_s": st.budget_s, "models": list(st.models),
+              "timed_steps": st.steps, "warmup_steps": st.warmup,
               "peak_tflops": peak, "peak_source": src, "rows": [], "elapsed_s": 0.0, "complete": False}
 
     def add(row):
@@ -392,8 +398,8 @@ def run(cpu: bool, out: Path, budget_s: float | None = None, models: list[str] |
     try:
         for model in st.models:
             this_oom = False
-            for kind in KINDS:
-                if kind == "fsdp2_1rank" and model not in st.fsdp_models:
+            for kind in run_kinds:
+                if kind == "fsdp2_1rank" and model not in st.fsdp_models and not kinds:
                     continue
                 left = end - time.monotonic()
                 need = st.measure_s * (2.5 if kind == "geofm_compile" and not cpu else 1.0)
@@ -407,17 +413,19 @@ def run(cpu: bool, out: Path, budget_s: float | None = None, models: list[str] |
                 add(row)
                 this_oom = this_oom or row["status"].startswith("out of memory")
             oom = oom or this_oom  # the larger sizes that follow will not fit either
-        left = end - time.monotonic()
-        with tempfile.TemporaryDirectory() as tmp:
-            tiles = synthetic_tiles(Path(tmp) / "tiles", 64 if cpu else 512, st.loader_tile)
-            batch = 8 if cpu else 256
-            for stage in ("all", "none"):
-                left = end - time.monotonic()
-                if left < st.measure_s / 2:
-                    add({"kind": f"loader_{stage}", "model": "-", "batch": batch,
-                         "status": f"skipped: {left:.0f} s of the budget left"})
-                    continue
-                add(measure_loader(stage, tiles, batch, st, device, time.monotonic() + min(st.measure_s / 2, left)))
+        if loader:
+            left = end - time.monotonic()
+            with tempfile.TemporaryDirectory() as tmp:
+                tiles = synthetic_tiles(Path(tmp) / "tiles", 64 if cpu else 512, st.loader_tile)
+                loader_batch = 8 if cpu else 256
+                for stage in ("all", "none"):
+                    left = end - time.monotonic()
+                    if left < st.measure_s / 2:
+                        add({"kind": f"loader_{stage}", "model": "-", "batch": loader_batch,
+                             "status": f"skipped: {left:.0f} s of the budget left"})
+                        continue
+                    add(measure_loader(stage, tiles, loader_batch, st, device,
+                                       time.monotonic() + min(st.measure_s / 2, left)))
     finally:
         if pg:
             torch.distributed.destroy_process_group()
@@ -425,6 +433,16 @@ def run(cpu: bool, out: Path, budget_s: float | None = None, models: list[str] |
     report["elapsed_s"] = time.monotonic() - start
     _write(report, out, stem)
     return report
+
+
+def _batches(items: list[str]) -> dict[str, int]:
+    out = {}
+    for item in items:
+        model, sep, n = item.partition("=")
+        if not sep or not n.isdigit() or int(n) < 1:
+            raise ValueError(f"--batch takes MODEL=N with N a positive integer, got {item!r}")
+        out[model] = int(n)
+    return out
 
 
 def _one_rank_group(device: torch.device) -> bool:
@@ -443,9 +461,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="docs/gpu-check", help="directory for gpu-check-<device>.json and .md")
     ap.add_argument("--budget-s", type=float, default=None, help="overall time budget (default 400 s; --cpu 60 s)")
     ap.add_argument("--models", nargs="+", default=None, help="model sizes, in order (default: Base, 1B, Huge, 3B, 5B)")
+    ap.add_argument("--batch", nargs="+", default=[], metavar="MODEL=N",
+                    help="batch per model instead of the defaults (e.g. vit_huge=128), for a batch sweep")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default 10; --cpu 3)")
+    ap.add_argument("--kinds", nargs="+", choices=KINDS, default=None,
+                    help="measure only these kinds (named here, fsdp2_1rank runs at every size)")
+    ap.add_argument("--no-loader", action="store_true", help="leave out the loader measurements")
     args = ap.parse_args(argv)
     if not args.cpu and not torch.cuda.is_available():
         ap.error("no GPU visible (torch.cuda.is_available() is False); use --cpu for the CPU mode")
-    report = run(args.cpu, Path(args.out), args.budget_s, args.models)
+    try:
+        batch = _batches(args.batch)
+    except ValueError as exc:
+        ap.error(str(exc))
+    if args.steps is not None and args.steps < 1:
+        ap.error("--steps must be at least 1")
+    report = run(args.cpu, Path(args.out), args.budget_s, args.models, batch, args.steps, args.kinds,
+                 not args.no_loader)
     print(markdown(report))
     return 0
