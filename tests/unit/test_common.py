@@ -39,3 +39,20 @@ def test_atomic_writer_leaves_the_old_file_on_error(tmp_path):
             raise RuntimeError("killed")
     assert json.loads(out.read_text()) == {"a": 1}
     assert os.listdir(out.parent) == ["r.json"]  # no temporary left behind
+
+
+def test_every_seeded_stream_is_made_in_common_seeding():
+    """One seeding scheme: no other module of the package seeds a generator itself (torch's or numpy's, global or
+    not), so every stream and its formula is in geofm.common.seeding."""
+    import re
+    from pathlib import Path
+
+    import geofm
+
+    seeding = re.compile(r"manual_seed\(|default_rng\(|RandomState\(|np\.random\.seed\(|\brandom\.seed\(|"
+                         r"torch\.Generator\(")
+    pkg = Path(geofm.__file__).parent
+    found = [f"{p.relative_to(pkg)}:{i}: {line.strip()}"
+             for p in sorted(pkg.rglob("*.py")) if p != pkg / "common" / "seeding.py"
+             for i, line in enumerate(p.read_text().splitlines(), 1) if seeding.search(line)]
+    assert found == [], "seed through geofm.common.seeding instead:\n" + "\n".join(found)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..common.io import atomic_path, write_json
+from ..common.seeding import sequence_rng
 
 CLASSES = ["water", "forest", "fields", "built_up", "bare_soil"]
 PIXEL_SIZE = 10.0
@@ -196,7 +197,7 @@ def synthesize_scenes(out_dir, n_scenes: int = 3, size: int = 2048, bands: int =
     block = max(16, (min(256, size // 2) // 16) * 16)  # < size so GDAL really writes tiles
     written: list[Path] = []
     for i in range(n_scenes):
-        rng = np.random.default_rng([seed, i, size, bands])
+        rng = sequence_rng(seed, i, size, bands)
         labels, regions = _region_labels(rng, size, len(CLASSES))
         img = np.round(_render(rng, labels, bands, regions) * 255.0).astype(np.uint8)
         # Scenes are placed on a diagonal, 1.5 scene-widths apart, on a 10 m grid in UTM 33N.

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from geofm.common.lr import warmup_cosine
 from geofm.common.ranks import rank_world
+from geofm.common.seeding import seed_global_torch, seeded_generator
 from geofm.config import complete_section
 from geofm.data.augment import eval_batch, train_view
 from geofm.data.sampler import StepSampler
@@ -112,7 +113,7 @@ class Classifier(nn.Module):
             if isinstance(self.fc_norm, nn.LayerNorm):
                 self.fc_norm.weight.fill_(1.0)
                 self.fc_norm.bias.zero_()
-            g = torch.Generator().manual_seed(1234)
+            g = seeded_generator(1234)
             self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=g).clamp_(-2, 2) * 2e-5)
             self.head.bias.zero_()
 
@@ -203,7 +204,7 @@ def finetune(encoder: nn.Module, images_uint8: torch.Tensor, labels, n_classes: 
     peak = float(cfg.base_lr) * bs / 256
     depth = len(encoder.blocks)
 
-    torch.manual_seed(cfg.seed + rank)  # drop path / mixup draws: per rank
+    seed_global_torch(cfg.seed + rank)  # drop path / mixup draws: per rank
     model = Classifier(with_drop_path(encoder, cfg.drop_path), n_classes, cfg.pool, cfg.head_norm)
     apply_activation_checkpointing(model, int(cfg.activation_checkpointing))
     sharded = world > 1

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from geofm.common.lr import warmup_cosine
+from geofm.common.seeding import seed_global_torch, seeded_generator
 
 
 class LARS(torch.optim.Optimizer):
@@ -106,9 +107,9 @@ def train_linear_probe(feats, labels, n_classes: int, *, epochs: int = 90, batch
             raise ValueError(f"need >= 1 sample with labels in [0, {n_classes})")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
-    g = torch.Generator().manual_seed(int(seed))
+    g = seeded_generator(seed)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
+        seed_global_torch(seed)
         probe = LinearProbe(dim, n_classes)
     bs = min(batch_size, n)
     peak = float(lr) if lr is not None else base_lr * bs / 256.0

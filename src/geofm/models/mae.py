@@ -12,7 +12,6 @@ and strategy.
 """
 from __future__ import annotations
 
-import zlib
 from functools import partial
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch.nn as nn
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
+from ..common.seeding import param_generator
 from .registry import ViTSpec, get_spec
 
 
@@ -215,7 +215,7 @@ def init_weights(model: nn.Module, seed: int = 0) -> None:
             # strip wrapper prefixes (DDP "module.", activation-checkpoint and compile wrappers)
             key = full_name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
             key = key[len("module."):] if key.startswith("module.") else key
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
+            gen = param_generator(seed, key)
             full = _param_init(module, pname, tuple(param.shape), gen)
             if isinstance(param, DTensor):
                 local = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None).to_local()

@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from ..common.io import write_json, write_text
+from ..common.seeding import seed_global_torch, seeded_generator, sequence_rng
 
 GPU_MODELS = ("vit_base", "vit_1b", "vit_huge", "vit_3b", "vit_5b")  # in order of priority
 GPU_BATCH = {"vit_base": 256, "vit_huge": 64, "vit_1b": 64, "vit_3b": 32, "vit_5b": 16}
@@ -187,7 +188,7 @@ def _build(kind: str, model: str, st: Settings, device: torch.device):
     fused = device.type == "cuda" or None
     bf16 = st.precision == "bf16"
     if kind == "plain":
-        torch.manual_seed(0)
+        seed_global_torch(0)
         m = PlainMAE(model, st.image_size, st.decoder_dim, st.decoder_depth, st.decoder_heads).to(device)
         opt = torch.optim.AdamW(m.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=fused)
 
@@ -246,7 +247,7 @@ def measure(kind: str, model: str, batch: int, st: Settings, device: torch.devic
     def run_kind():  # its locals (model, optimizer state) go when it returns or raises
         m, step = _build(kind, model, st, device)
         row.update(_structure(m))
-        x = torch.randn(batch, 3, st.image_size, st.image_size, generator=torch.Generator().manual_seed(0)).to(device)
+        x = torch.randn(batch, 3, st.image_size, st.image_size, generator=seeded_generator(0)).to(device)
         times, joules = _timed_steps(lambda: step(x), device, st, deadline)
         return times, joules, metrics.peak_memory_gb(device)
 
@@ -277,7 +278,7 @@ def synthetic_tiles(out: Path, n: int, size: int, bands: int = 3) -> Path:
     from ..data.shards import MANIFEST, STATS, shard_name
 
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
+    rng = sequence_rng(0)
     np.save(out / shard_name(0), rng.integers(0, 256, (n, bands, size, size), dtype=np.uint8))
     pd.DataFrame({"tile_id": [f"t{i}" for i in range(n)], "split": "train", "shard": 0, "index": np.arange(n),
                   "label": np.zeros(n, dtype=np.int64)}).to_parquet(out / MANIFEST)

@@ -19,6 +19,7 @@ import torch
 
 from ..common.io import atomic_path, save_torch, write_json, write_text
 from ..common.lr import warmup_cosine
+from ..common.seeding import seed_global_torch
 from ..config import complete_section, schema
 from ..distributed import checkpoint as ckpt
 from ..distributed import launch
@@ -169,7 +170,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     if cfg.batch_size % (world * cfg.grad_accum):
         raise ValueError(f"pretrain.batch_size {cfg.batch_size} must be divisible by world size {world} × "
                          f"grad_accum {cfg.grad_accum}")
-    torch.manual_seed(cfg.seed)
+    seed_global_torch(cfg.seed)
     model, use_autocast = build_model(cfg, world, device)
     groups = param_groups(model, cfg.weight_decay)
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda" or None)
