@@ -311,3 +311,38 @@ def test_paper_shaped_study_through_slurm(slurm_study_run):
     assert (res / "tables/profile.csv").exists()
     print(f"slurm study: {study.seconds:.0f}s, {len(jobs)} sbatch jobs "
           f"{sorted((r, len(v)) for r, v in by_rule.items())}")
+
+
+def test_background_sessions_get_the_studys_nice_as_a_group():
+    """slurm_study._lower_job_sessions: a process at nice 19 in a session of its own (as slurmstepd starts a job
+    step) gets its session group's nice set to 19; a nice-0 session and the test's own group are left alone."""
+    import sys
+    import threading
+    import time
+
+    from slurm_study import _lower_job_sessions
+
+    if not Path("/proc/self/autogroup").exists():
+        pytest.skip("no autogroup scheduling here (/proc/self/autogroup absent): nothing to lower")
+    own = Path("/proc/self/autogroup").read_text()
+    sleep = [sys.executable, "-c", "import time; time.sleep(30)"]
+    niced = subprocess.Popen(["nice", "-n", "19", *sleep], start_new_session=True)
+    plain = subprocess.Popen(sleep, start_new_session=True)
+    stop = threading.Event()
+    t = threading.Thread(target=_lower_job_sessions, args=(stop,), daemon=True)
+    try:
+        def group(p):
+            return Path(f"/proc/{p.pid}/autogroup").read_text().split()
+
+        assert group(niced)[-1] == group(plain)[-1] == "0" and group(niced)[0] != own.split()[0]
+        t.start()
+        deadline = time.monotonic() + 10
+        while group(niced)[-1] != "19" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert group(niced)[-1] == "19"
+        assert group(plain)[-1] == "0" and Path("/proc/self/autogroup").read_text() == own
+    finally:
+        stop.set()
+        t.join(timeout=5)
+        niced.kill()
+        plain.kill()
