@@ -88,6 +88,37 @@ def test_default_linprobe_is_maes_augmented_lars_probe(env):
     assert rec["pretrained"]["top1"] >= 0.9 and rec["pretrained"]["n_train"] == 48
 
 
+def test_linprobe_views_draws_each_view_once_and_reuses_it(env):
+    """linprobe_views = V: the encoder sees every training image V times in all, not once per epoch, and epoch
+    e trains on view e mod V (the same features as epoch e - V); null stays MAE's fresh view per epoch."""
+    cfg, root, enc_path, seen, _ = env
+    cfg["evaluate"].update({"linprobe_views": 3})
+    rec = stages.run_evaluate(cfg, "linprobe", "standin", "fix", enc_path, root / "o" / "v3.json")
+    # 3 views of 48 images in chunks of 16 (3 forwards each) + the test features once, for 20 epochs
+    assert seen["calls"] == 3 * 3 + 2
+    assert rec["settings"]["linprobe_views"] == 3 and rec["pretrained"]["top1"] >= 0.9
+
+    calls = []
+
+    class Counting(StandIn):
+        def forward_features(self, x, pool="mean"):
+            calls.append(x.clone())
+            return super().forward_features(x)
+
+    images = torch.randint(0, 256, (10, 3, 12, 12), dtype=torch.uint8)
+    args = (Counting(), images, [0.5] * 3, [0.2] * 3, 8, 4, "cpu", "cls", [0.2, 1.0], 7)
+    f = stages._augmented_features(*args, views=2)
+    idx = torch.tensor([7, 1, 4])
+    a0, a1, a2 = f(idx, 0, 0), f(idx, 1, 0), f(idx, 2, 0)
+    assert len(calls) == 2 * 3  # two views of 10 images in chunks of 4; epoch 2 reused view 0
+    assert torch.equal(a0, a2) and not torch.equal(a0, a1)
+    whole = f(torch.arange(10), 0, 5)
+    assert torch.equal(whole[idx], a0)  # a batch is its rows of the view, whatever the batch index
+    fresh = stages._augmented_features(*args)  # null: a new crop every epoch and batch
+    b0, b2 = fresh(idx, 0, 0), fresh(idx, 2, 0)
+    assert not torch.equal(b0, b2) and len(calls) == 2 * 3 + 2
+
+
 def test_train_ratio_resplits_the_labelled_tiles(env):
     cfg, root, enc_path, _, _ = env
     cfg["evaluate"].update({"linprobe_augment": False})

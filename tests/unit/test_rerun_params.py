@@ -63,6 +63,7 @@ def touched(before, after) -> set:
     ("datasets.demo_scenes.mirror", "http://example.org/m", set()),
     ("evaluate.linprobe_augment", True, {"linprobe"}),
     ("evaluate.linprobe_crop_scale", [0.2, 1.0], {"linprobe"}),
+    ("evaluate.linprobe_views", 10, {"linprobe"}),
     ("evaluate.crop_pct", 1.0, {"knn", "linprobe"}),
     ("pretrain.grad_clip", 1.0, {"pretrain", "profile", "profile_ac"}),
     # read by the evaluations at a ratio only (test below); the tiles' own split keeps its params

@@ -169,15 +169,21 @@ def _classifier_scores(protocol: str, ev: dict, tr_f, tr_y, te_f, n_classes: int
         "linprobe_abs_lr": base_lr * bs / 256, "linprobe_weight_decay": wd,
         "linprobe_warmup_epochs": None if warm is None else float(warm),
         "linprobe_augment": features_of is not None,
-        **({"linprobe_crop_scale": list(ev["linprobe_crop_scale"])} if features_of is not None else {})}
+        **({"linprobe_crop_scale": list(ev["linprobe_crop_scale"]), "linprobe_views": ev["linprobe_views"]}
+           if features_of is not None else {})}
 
 
 def _augmented_features(encoder, images, mean, std, image_size: int, chunk: int, device, pool: str, scale,
-                        seed: int, precision: str = "fp32"):
+                        seed: int, precision: str = "fp32", views: int | None = None):
     """``features_of(idx, epoch, batch)`` for MAE's linear probe: each call draws a new random-resized crop
     (bicubic, ``scale``) + flip of the images ``idx`` (:func:`geofm.data.augment.train_batch`, the training view
     of the one preprocessing path) and runs the frozen encoder on them in chunks of ``chunk`` images, so a probe
-    batch of any size fits. Every rank computes the same (seeded) features."""
+    batch of any size fits. Every rank computes the same (seeded) features.
+
+    With ``views`` = V the encoder sees every training image V times in all instead of once per epoch: view v
+    (one seeded crop + flip of each image) is computed, whole, the first time an epoch ``e`` with ``e mod V = v``
+    needs it and kept in memory (V x images x width floats); the probe's batches index into it. V >= epochs
+    gives every epoch a view of its own, as MAE does."""
     from geofm.data.augment import train_batch
     from geofm.common.seeding import torch_generator
 
@@ -185,10 +191,9 @@ def _augmented_features(encoder, images, mean, std, image_size: int, chunk: int,
         return encoder.forward_features(x) if pool == "mean" else encoder.forward_features(x, pool=pool)
 
     @torch.no_grad()
-    def features_of(idx, epoch: int, batch: int) -> torch.Tensor:
+    def encode(idx, gen) -> torch.Tensor:
         was = encoder.training
         encoder.eval()
-        gen = torch_generator(int(seed), 5, int(epoch), int(batch))
         out = []
         try:
             for i in range(0, len(idx), chunk):
@@ -199,6 +204,16 @@ def _augmented_features(encoder, images, mean, std, image_size: int, chunk: int,
         finally:
             encoder.train(was)
         return torch.cat(out)
+
+    cached: dict[int, torch.Tensor] = {}
+
+    def features_of(idx, epoch: int, batch: int) -> torch.Tensor:
+        if views is None:
+            return encode(idx, torch_generator(int(seed), 5, int(epoch), int(batch)))
+        v = int(epoch) % int(views)
+        if v not in cached:
+            cached[v] = encode(torch.arange(len(images)), torch_generator(int(seed), 5, "view", v))
+        return cached[v][torch.as_tensor(idx)]
 
     return features_of
 
@@ -334,7 +349,8 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
                     cache_path=cache_file(cache_dir, key) if use_cache else None, cache_key=key,
                     pool=run_pool, crop_pct=crop_pct, precision=run_prec)
             features_of = _augmented_features(runner, train.images, mean, std, image_size, bs, device, run_pool,
-                                              ev["linprobe_crop_scale"], seed, precision=run_prec) if augmented else None
+                                              ev["linprobe_crop_scale"], seed, precision=run_prec,
+                                              views=ev["linprobe_views"]) if augmented else None
             scores, used = _classifier_scores(protocol, ev, feats.get("train"), torch.as_tensor(train.labels),
                                               feats["test"], n_classes, seed, features_of)
             del runner, features_of
