@@ -5,8 +5,8 @@ Protocol (that of ``config/demo-real.yaml``): tiles of 64 px through the project
 stages (stratified, seeded 50 % train split); ``demo_tiny`` pretrained with MAE on the mixed real set
 (``realmix``: the UC Merced and EuroSAT training tiles and the tiles of the two Landsat scenes; 800 steps of
 32 random-resized 32-px crops, ``norm_pix_loss``); features are the cls token of the frozen encoder; kNN
-k=10, T=0.07; linear probe = MAE's (BatchNorm + linear head, LARS, 90 epochs, a new augmented view of every
-training image each epoch, resize + centre crop at test) with the config's base lr. Inputs are normalised
+k=10, T=0.07; linear probe = MAE's (BatchNorm + linear head, LARS, 90 epochs on augmented views of the
+training images, resize + centre crop at test) with the config's base lr and its 30 views per image. Inputs are normalised
 with the mixed set's statistics. The random-init twin gets exactly the same treatment. No test image is
 seen in pretraining.
 """
@@ -75,6 +75,7 @@ def test_pretrained_beats_random_init(real, protocol, dataset):
     if protocol == "linprobe":  # MAE's probe: LARS on augmented views, the test transform at test time
         s = rec["settings"]
         assert s["linprobe_solver"] == "lars" and s["linprobe_augment"] and s["linprobe_epochs"] == 90
+        assert s["linprobe_views"] == cfg["evaluate"]["linprobe_views"] == 30
         assert s["crop_pct"] == 0.875 and s["linprobe_batch_size"] == rec["pretrained"]["n_train"]
     n_cls = len(rec["settings"]["classes"])
     assert rnd > 1.5 / n_cls  # the baseline is a real one, well above chance
