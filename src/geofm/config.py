@@ -272,6 +272,8 @@ def _allowed(sch: dict) -> str:
     if "allowed" in sch:  # a pattern's readable form (definitions.strategy)
         return sch["allowed"]
     kind = sch.get("type", "value")
+    if isinstance(kind, list):  # e.g. [integer, "null"]: "integer or null"
+        kind = " or ".join(str(k) for k in kind)
     bounds = [f"{op} {sch[k]}" for k, op in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="),
                                              ("exclusiveMaximum", "<")) if k in sch]
     if "pattern" in sch:
@@ -339,15 +341,18 @@ def _typed(value, sch: dict | None, root: dict):
     if not isinstance(value, str):
         return value
     kind = sch.get("type")
+    kinds = kind if isinstance(kind, list) else [kind]  # e.g. [integer, "null"]
     text = value.strip()
+    if "null" in kinds and text.lower() in ("null", "~"):  # YAML's spellings of null
+        return None
     try:
-        if kind == "integer" and text.lstrip("+-").isdigit():
+        if "integer" in kinds and text.lstrip("+-").isdigit():
             return int(text)
-        if kind == "number":
+        if "number" in kinds:
             return float(text) if any(c in text.lower() for c in ".en") else int(text)
     except ValueError:
         return value
-    if kind == "boolean" and text.lower() in ("true", "false"):
+    if "boolean" in kinds and text.lower() in ("true", "false"):
         return text.lower() == "true"
     return value
 

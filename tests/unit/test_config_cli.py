@@ -45,6 +45,9 @@ def test_paper_config_has_the_study():
     (("models",), ["vit_giant"], "models.0"),
     (("pretrain", "lerning_rate"), 0.1, "lerning_rate"),
     (("datasets", "demo_scenes", "kind"), "video", "datasets.demo_scenes.kind"),
+    # keys whose schema type is a list ([integer, "null"]): the message names both types
+    (("evaluate", "linprobe_views"), 0, "evaluate.linprobe_views"),
+    (("evaluate", "linprobe_warmup_epochs"), "ten", "evaluate.linprobe_warmup_epochs"),
 ])
 def test_schema_errors_name_the_key(demo, path, value, fragment):
     node = demo
@@ -54,6 +57,8 @@ def test_schema_errors_name_the_key(demo, path, value, fragment):
     with pytest.raises(ConfigError) as err:
         validate(demo, "demo.yaml")
     assert fragment in str(err.value) and "demo.yaml" in str(err.value)
+    if path[-1] in ("linprobe_views", "linprobe_warmup_epochs"):
+        assert "integer or null" in str(err.value)
 
 
 def test_cross_reference_errors(demo):

@@ -128,6 +128,10 @@ def test_config_overrides_are_typed_by_the_schema(demo):
     assert cfg["evaluate"]["knn_k"] == "many"  # not a number: left for the schema to name
     with pytest.raises(ConfigError, match=r"evaluate.knn_k: 'many' is not allowed"):
         validate(cfg)
+    # keys whose schema type is a list ([integer, "null"]): a number or YAML's null, as --config hands them over
+    over = {"evaluate": {"linprobe_views": "30", "linprobe_warmup_epochs": "null", "finetune_warmup_epochs": "2.5"}}
+    ev = validate(type_overrides(deep_update(demo, over), over))["evaluate"]
+    assert (ev["linprobe_views"], ev["linprobe_warmup_epochs"], ev["finetune_warmup_epochs"]) == (30, None, 2.5)
     # a string in a config file (not an override) stays an error
     with pytest.raises(ConfigError, match="pretrain.steps"):
         validate(deep_update(demo, {"pretrain": {"steps": "50"}}))

@@ -183,7 +183,9 @@ def _augmented_features(encoder, images, mean, std, image_size: int, chunk: int,
     With ``views`` = V the encoder sees every training image V times in all instead of once per epoch: view v
     (one seeded crop + flip of each image) is computed, whole, the first time an epoch ``e`` with ``e mod V = v``
     needs it and kept in memory (V x images x width floats); the probe's batches index into it. V >= epochs
-    gives every epoch a view of its own, as MAE does."""
+    gives every epoch a view of its own, as MAE does (facebookresearch/mae ``main_linprobe.py``: the training
+    dataset's ``RandomResizedCrop`` + ``RandomHorizontalFlip`` transform runs per image each time the loader
+    reads it, i.e. once per epoch)."""
     from geofm.data.augment import train_batch
     from geofm.common.seeding import torch_generator
 
