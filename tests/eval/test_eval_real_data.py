@@ -80,6 +80,16 @@ def test_pretrained_beats_random_init(real, protocol, dataset):
     n_cls = len(rec["settings"]["classes"])
     assert rnd > 1.5 / n_cls  # the baseline is a real one, well above chance
     assert pre > rnd, f"{protocol} on {dataset}: pretrained {pre:.3f} <= random init {rnd:.3f}"
+    # the image-by-image comparison is of these two runs: its counts give both top-1s back, and its p-value
+    # is McNemar's exact one of the images only one of them gets right
+    from geofm.eval.metrics import mcnemar_exact_p
+
+    v, n = rec["vs_random_init"], rec["pretrained"]["n_test"]
+    assert v["both_right"] + v["both_wrong"] + v["only_pretrained_right"] + v["only_random_init_right"] == n
+    assert (v["both_right"] + v["only_pretrained_right"]) / n == pytest.approx(pre)
+    assert (v["both_right"] + v["only_random_init_right"]) / n == pytest.approx(rnd)
+    assert v["mcnemar_p"] == mcnemar_exact_p(v["only_pretrained_right"], v["only_random_init_right"]) < 1.0
+    print(json.dumps({"protocol": protocol, "dataset": dataset, "vs_random_init": v}))
 
 
 def test_checkpoint_of_another_model_size_is_a_clear_error(real, tmp_path):

@@ -138,6 +138,15 @@ def test_run_evaluate_end_to_end(pretrained, protocol):
         assert r["top5"] == 1.0  # 3 classes
     # classes differ in their band means: features of the pretrained ViT separate them
     assert on_disk["pretrained"]["top1"] >= 0.9, on_disk["pretrained"]
+    # the image-by-image comparison is of these two runs: its counts give both top-1s back
+    from geofm.eval.metrics import mcnemar_exact_p
+
+    v, n = on_disk["vs_random_init"], on_disk["pretrained"]["n_test"]
+    assert v["both_right"] + v["both_wrong"] + v["only_pretrained_right"] + v["only_random_init_right"] == n
+    assert (v["both_right"] + v["only_pretrained_right"]) / n == pytest.approx(on_disk["pretrained"]["top1"])
+    assert (v["both_right"] + v["only_random_init_right"]) / n == pytest.approx(on_disk["random_init"]["top1"])
+    assert v["gain"] == pytest.approx(on_disk["pretrained"]["top1"] - on_disk["random_init"]["top1"])
+    assert v["mcnemar_p"] == mcnemar_exact_p(v["only_pretrained_right"], v["only_random_init_right"])
     _confusion_agrees(on_disk["pretrained"], root / "eval" / protocol / "test_micro" / "fix.confusion.csv")
     assert (root / "eval" / protocol / "test_micro" / "fix.confusion.png").stat().st_size > 0
     assert not list(out.parent.glob(".*tmp*"))  # atomic writes left nothing behind

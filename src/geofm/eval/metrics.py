@@ -86,3 +86,41 @@ def summarize(scores, labels, classes: Sequence[str]) -> dict:
         "per_class": {str(name): (None if np.isnan(v) else float(v)) for name, v in zip(classes, pc)},
         "confusion": confusion_matrix(preds, labels, n_classes).tolist(),
     }
+
+
+def mcnemar_exact_p(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value for ``b`` and ``c`` discordant pairs: the probability, under "both
+    classifiers are equally good" (each discordant image goes either way with probability 1/2), of a split at
+    least as uneven as ``b`` : ``c``, i.e. ``min(1, 2 P(X <= min(b, c)))`` with ``X ~ Binomial(b + c, 1/2)``
+    (McNemar 1947; the exact form: Fagerland, Lydersen and Laake 2013, BMC Med. Res. Methodol. 13:91).
+    Computed in log space, so test sets of any size are fine; no discordant pair gives 1."""
+    b, c = int(b), int(c)
+    if b < 0 or c < 0:
+        raise ValueError(f"discordant counts must be >= 0, got {b}, {c}")
+    n, k = b + c, min(b, c)
+    if n == 0:
+        return 1.0
+    from math import lgamma, log
+
+    i = np.arange(k + 1, dtype=np.float64)
+    log_terms = (lgamma(n + 1) - np.array([lgamma(x + 1) + lgamma(n - x + 1) for x in i]) - n * log(2.0))
+    top = log_terms.max()
+    tail = float(np.exp(top) * np.exp(log_terms - top).sum())
+    return min(1.0, 2.0 * tail)
+
+
+def paired_top1(scores_a, scores_b, labels) -> dict:
+    """Two classifiers' top-1 on the same test images, image by image: ``a_only`` (images only ``a`` gets
+    right), ``b_only``, ``both_right``, ``both_wrong``, the gain ``top1(a) - top1(b)`` and McNemar's exact
+    p-value (:func:`mcnemar_exact_p`) of the discordant images. Top-1 is the highest score, ties to the lower
+    class index (as :func:`topk_accuracy`)."""
+    a, b, labels = _np(scores_a), _np(scores_b), _np(labels).astype(np.int64)
+    _check(a.astype(np.float64), labels)
+    _check(b.astype(np.float64), labels)
+    if len(labels) == 0:
+        return {"a_only": 0, "b_only": 0, "both_right": 0, "both_wrong": 0, "gain": float("nan"), "mcnemar_p": 1.0}
+    ra, rb = a.argmax(axis=1) == labels, b.argmax(axis=1) == labels
+    a_only, b_only = int((ra & ~rb).sum()), int((rb & ~ra).sum())
+    return {"a_only": a_only, "b_only": b_only, "both_right": int((ra & rb).sum()),
+            "both_wrong": int((~ra & ~rb).sum()), "gain": float(ra.mean() - rb.mean()),
+            "mcnemar_p": mcnemar_exact_p(a_only, b_only)}

@@ -5,8 +5,11 @@ dataset with the pretrained encoder and with the same architecture at (seeded) r
 fits the protocol's classifier on the train features, scores the test features and writes
 
 - ``{dataset}.json`` — ``{"protocol", "model", "dataset", "pretrained": {"top1", "top5", "per_class",
-  "n_train", "n_test", ...}, "random_init": {...}, "checkpoint_step", "config": {evaluate section},
-  "settings": {resolved values}}``,
+  "n_train", "n_test", ...}, "random_init": {...}, "vs_random_init": {"gain", "only_pretrained_right",
+  "only_random_init_right", "both_right", "both_wrong", "mcnemar_p"}, "checkpoint_step", "config": {evaluate
+  section}, "settings": {resolved values}}``; ``vs_random_init`` compares the two image by image on the same
+  test images (McNemar's exact test: :func:`geofm.eval.metrics.mcnemar_exact_p`), so a gain of a few test
+  images reads as what it is,
 - ``{dataset}.confusion.csv`` / ``{dataset}.confusion.png`` — the pretrained encoder's test confusion matrix,
 
 all atomically, beside each other.
@@ -49,7 +52,7 @@ from geofm.eval.features import cache_file, cache_key, extract_features
 from geofm.eval.knn import knn_scores
 from geofm.eval.linprobe import fit_logreg, predict_scores, train_linear_probe
 from geofm.config import digest, rule_params
-from geofm.eval.metrics import summarize
+from geofm.eval.metrics import paired_top1, summarize
 from geofm.provenance import provenance
 
 PROTOCOLS = ("linprobe", "knn", "finetune")
@@ -361,9 +364,16 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
         summary = summarize(scores, test.labels, classes)
         cm = summary.pop("confusion")
         if which == "pretrained":
-            confusion = cm
+            confusion, pretrained_scores = cm, scores
+        else:  # image by image against the pretrained encoder: is the gain more than the test set's noise?
+            pair = paired_top1(pretrained_scores, scores, test.labels)
+            vs_random = {
+                "gain": pair["gain"], "only_pretrained_right": pair["a_only"],
+                "only_random_init_right": pair["b_only"], "both_right": pair["both_right"],
+                "both_wrong": pair["both_wrong"], "mcnemar_p": pair["mcnemar_p"]}
         record[which] = {**summary, "n_train": int(len(train.labels)), "n_test": int(len(test.labels)),
                          **extra_rec, "seconds": round(time.perf_counter() - t0, 3)}
+    record["vs_random_init"] = vs_random
     record["checkpoint_step"] = step
     record["train_ratio"] = train_ratio
     record["config"] = ev

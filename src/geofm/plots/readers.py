@@ -31,7 +31,7 @@ _PROFILE_NUMERIC = ["nodes", "world_size", "images_per_s", "images_per_s_std", "
                     "peak_reserved_gb"]
 _PROFILE_FILE = re.compile(r"^(\d+)n(?:\.([a-z][a-z0-9_]*))?\.json$")
 EVAL_COLUMNS = ["protocol", "model", "display_name", "params", "dataset", "init", "top1", "top5", "n_train",
-                "n_test", "checkpoint_step", "image_size", "path"]
+                "n_test", "checkpoint_step", "image_size", "vs_random_p", "path"]
 
 
 def warn(msg: str) -> None:
@@ -73,7 +73,10 @@ def load_eval_results(results) -> pd.DataFrame:
                 "display_name": display(model), "params": params, "dataset": _dataset_label(rec, path),
                 "init": label, "top1": r.get("top1"), "top5": r.get("top5"), "n_train": r.get("n_train"),
                 "n_test": r.get("n_test"), "checkpoint_step": rec.get("checkpoint_step"),
-                "image_size": shape.get("image_size"), "path": str(path)})
+                "image_size": shape.get("image_size"),
+                # McNemar's exact p of the pretrained encoder against its random-init twin, on the pretrained row
+                "vs_random_p": (rec.get("vs_random_init") or {}).get("mcnemar_p") if init == "pretrained" else None,
+                "path": str(path)})
     return pd.DataFrame(rows, columns=EVAL_COLUMNS)
 
 

@@ -18,11 +18,14 @@ SCALING_COLUMNS = ["source", "model", "strategy", "nodes", "images_per_s"]
 
 # --------------------------------------------------------------------------- the CSV tables
 def accuracy_table(ev: pd.DataFrame) -> pd.DataFrame:
+    """One row per protocol x dataset x model x init; ``vs_random_p``: McNemar's exact p-value of the pretrained
+    encoder against its random-init twin on the same test images (pretrained rows; empty for results written
+    before the evaluation recorded it)."""
     cols = ["protocol", "dataset", "model", "display_name", "params", "init", "top1", "top5", "n_train",
-            "n_test", "checkpoint_step"]
+            "n_test", "checkpoint_step", "vs_random_p"]
     if ev.empty:
         return pd.DataFrame(columns=cols)
-    return ev[cols].sort_values(["protocol", "dataset", "params", "model", "init"], ignore_index=True)
+    return ev.reindex(columns=cols).sort_values(["protocol", "dataset", "params", "model", "init"], ignore_index=True)
 
 
 def profile_table(prof: pd.DataFrame) -> pd.DataFrame:
