@@ -29,6 +29,8 @@ def write_results(root: Path):
                    "pretrained": {"top1": acc, "top5": 0.95, "per_class": {"a": acc}, "n_train": 10, "n_test": 5},
                    "random_init": {"top1": acc / 3, "top5": 0.5, "per_class": {"a": 0.2}, "n_train": 10, "n_test": 5},
                    "checkpoint_step": 50, "config": {}, "settings": {"image_size": 32, "in_chans": 3}}
+            if model == "vit_base":  # demo_tiny's stand for results written before the comparison existed
+                rec["vs_random_init"] = {"mcnemar_p": 0.01 if proto == "knn" else 0.2}
             (d / "ucm.json").write_text(json.dumps(rec))
     # pretraining metrics, with one malformed line
     d = root / "pretrain" / "demo_tiny"
@@ -83,6 +85,10 @@ def test_run_figures_all_outputs(tmp_path):
     acc = pd.read_csv(tmp_path / "tables" / "accuracy.csv")
     assert len(acc) == 8 and set(acc["init"]) == {"pretrained", "random init"}
     assert acc.loc[acc["model"] == "vit_base", "display_name"].iloc[0] == "ViT-Base"
+    # McNemar's p of each result against its random-init twin, on its pretrained row only
+    p = acc.set_index(["protocol", "model", "init"])["vs_random_p"]
+    assert (p[("knn", "vit_base", "pretrained")], p[("linprobe", "vit_base", "pretrained")]) == (0.01, 0.2)
+    assert p.drop([("knn", "vit_base", "pretrained"), ("linprobe", "vit_base", "pretrained")]).isna().all()
     assert (acc.loc[acc["model"] == "vit_base", "params"] > acc.loc[acc["model"] == "demo_tiny", "params"].max()).all()
 
     best = pd.read_csv(tmp_path / "tables" / "best_strategy.csv")
