@@ -147,19 +147,31 @@ def section_defaults(section: str) -> dict:
 
 def expand_dirs(cfg: dict, source: str = "config") -> dict:
     """``results``/``resources`` may name environment variables (profiles/frontier: ``$GEOFM_ORION/results``,
-    on Orion); expanded in place, an unset one is an error naming it."""
+    on Orion); expanded in place, an unset one is an error naming it. A dataset's ``path`` may too, and may
+    start with ``{resources}``, the (expanded) resources directory: data fetched by hand then lies where the
+    profile puts ``resources/`` (on Frontier on Orion, not in the 50 GB home)."""
     import os
     import re
+
+    def expand(val: str, key: str) -> str:
+        new = os.path.expanduser(os.path.expandvars(val))
+        left = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", new)
+        if left:
+            raise ConfigError(f"{source}: {key}: {val!r} uses ${left[0]}, which is not set in the environment "
+                              "(README: On a Slurm cluster)")
+        return new
 
     for key in ("results", "resources"):
         val = cfg.get(key)
         if isinstance(val, str) and "$" in val:
-            new = os.path.expanduser(os.path.expandvars(val))
-            left = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", new)
-            if left:
-                raise ConfigError(f"{source}: {key}: {val!r} uses ${left[0]}, which is not set in the environment "
-                                  "(README: On a Slurm cluster)")
-            cfg[key] = new
+            cfg[key] = expand(val, key)
+    for name, d in (cfg.get("datasets") or {}).items():
+        val = d.get("path") if isinstance(d, dict) else None
+        if isinstance(val, str) and ("$" in val or "{resources}" in val):
+            if val.count("{resources}") > (1 if val.startswith("{resources}") else 0):
+                raise ConfigError(f"{source}: datasets.{name}.path: {val!r}: '{{resources}}' may only start it")
+            d["path"] = expand(val.replace("{resources}", str(cfg.get("resources", "resources")), 1),
+                               f"datasets.{name}.path")
     return cfg
 
 
@@ -283,6 +295,18 @@ def _allowed(sch: dict) -> str:
     return " ".join([kind, *bounds])
 
 
+def _number_text(text: str) -> bool:
+    """``1e-3``-like text: a number to a reader, a string to YAML 1.1 (PyYAML), which wants a dot."""
+    import re
+
+    return bool(re.fullmatch(r"[-+]?\d+[eE][-+]?\d+", text.strip()))
+
+
+def _dotted(text: str) -> str:
+    mant, exp = text.strip().lower().split("e")
+    return f"{mant}.0e{exp}"
+
+
 def explain(errors: list, source: str = "config") -> str:
     """At most three lines for a failed schema validation: the key path and the bad value, what is allowed
     (for an unknown key: the nearest valid key and the keys allowed there), and how many more problems."""
@@ -304,6 +328,8 @@ def explain(errors: list, source: str = "config") -> str:
     else:
         head = f"{source}: {where or 'top level'}: {_show(e.instance)} is not allowed"
         body = f"  allowed: {_allowed(e.schema)}"
+        if isinstance(e.instance, str) and _number_text(e.instance):
+            body += f" (YAML reads {e.instance} as text: write it with a dot, e.g. {_dotted(e.instance)})"
     lines = [head, body]
     if len(errors) > 1:
         more = dict.fromkeys(".".join(str(p) for p in x.absolute_path) or "top level" for x in errors[1:])

@@ -215,3 +215,39 @@ def test_image_size_mismatch(env):
     cfg["evaluate"]["image_size"] = 16
     with pytest.raises(stages.EvalError, match="image_size 8"):
         stages.run_evaluate(cfg, "knn", "standin", "fix", enc_path, root / "x.json")
+
+
+def test_cross_validated_logreg_penalty_is_each_encoders_own(env, monkeypatch):
+    """``logreg_l2`` as a list: each encoder's penalty is chosen on its own training features and recorded
+    in its own result (the pretrained and random-init encoders' features differ, so do their held-out
+    scores); the settings hold the grid and the folds, not one encoder's choice."""
+    from geofm.eval.linprobe import fit_logreg_cv
+
+    cfg, root, enc_path, _ = env
+
+    def half_blind(*a, seed=0, **k):  # the random-init twin sees band 0 only: classes 1 and 2 look alike
+        enc = StandIn(informative=False, seed=seed)
+        with torch.no_grad():
+            enc.proj.weight[:, 1:] = 0.0
+        return enc
+
+    monkeypatch.setattr(stages, "build_encoder", half_blind)
+    calls = []
+
+    def spy(feats, labels, *a, **k):
+        calls.append((feats.clone(), labels.clone()))
+        return fit_logreg_cv(feats, labels, *a, **k)
+
+    monkeypatch.setattr(stages, "fit_logreg_cv", spy)
+    grid = [1.0e-4, 1.0e-2, 1.0, 100.0]
+    cfg["evaluate"].update(linprobe_solver="logreg", logreg_l2=grid, logreg_cv_folds=4)
+    rec = stages.run_evaluate(cfg, "linprobe", "standin", "fix", enc_path, root / "lr.json")
+    assert rec["settings"]["logreg_l2_grid"] == grid and rec["settings"]["logreg_cv_folds"] == 4
+    assert "logreg_l2" not in rec["settings"]
+    # each encoder's record holds what the cross-validation on that encoder's training features chose
+    assert [len(c[1]) for c in calls] == [24, 24]  # the training images, pretrained first
+    for which, (feats, labels) in zip(("pretrained", "random_init"), calls):
+        _, info = fit_logreg_cv(feats, labels, 3, grid, folds=4, seed=5)
+        assert rec[which]["logreg_cv_top1"] == info["logreg_cv_top1"], which
+        assert rec[which]["logreg_l2"] == info["logreg_l2"], which
+    assert rec["pretrained"]["logreg_cv_top1"] != rec["random_init"]["logreg_cv_top1"]

@@ -61,6 +61,19 @@ def test_schema_errors_name_the_key(demo, path, value, fragment):
         assert "integer or null" in str(err.value)
 
 
+def test_number_yaml_reads_as_text_gets_a_hint(tmp_path):
+    # PyYAML (YAML 1.1) reads 3e-4 as the string '3e-4' and 3.0e-4 as a float: the error says how to write it
+    text = (ROOT / "config/demo.yaml").read_text() + "\n"
+    bad = tmp_path / "bad.yaml"
+    assert "\n  lr: 1.5e-3\n" in text
+    bad.write_text(text.replace("\n  lr: 1.5e-3\n", "\n  lr: 3e-4\n", 1))
+    assert yaml.safe_load(bad.read_text())["pretrain"]["lr"] == "3e-4"
+    with pytest.raises(ConfigError, match=r"pretrain\.lr: '3e-4' is not allowed\n.*write it with a dot, e\.g\. 3\.0e-4"):
+        load_config(bad)
+    bad.write_text(text.replace("\n  lr: 1.5e-3\n", "\n  lr: 3.0e-4\n", 1))
+    assert load_config(bad)["pretrain"]["lr"] == 3.0e-4
+
+
 def test_cross_reference_errors(demo):
     demo["eval_datasets"] = ["nope"]
     with pytest.raises(ConfigError, match="eval_datasets entry 'nope'"):
@@ -164,4 +177,41 @@ def test_test_module_names_are_unique():
 def test_profile_variant_cells_must_be_in_the_grid(demo):
     demo["profile"]["variants"] = {"ac": {"activation_checkpointing": 1, "models": ["demo_base", "vit_3b"]}}
     with pytest.raises(ConfigError, match=r"profile.variants.ac.models lists \['vit_3b'\]"):
+        validate(demo)
+
+
+def test_dataset_path_under_the_resources_directory(tmp_path, monkeypatch, demo):
+    """A dataset fetched by hand lies where the profile puts ``resources/`` (profiles/frontier:
+    ``$GEOFM_ORION/resources`` on Orion, not the 50 GB NFS home, OLCF user guide "Data and Storage"):
+    ``path: "{resources}/manual/..."`` is resolved there (and ``$VARS`` expanded), whatever the working
+    directory; the download stage links the file from there."""
+    import hashlib
+    import json
+
+    orion = tmp_path / "orion"
+    (orion / "resources" / "manual").mkdir(parents=True)
+    (orion / "resources" / "manual" / "scenes.bin").write_bytes(b"by hand")
+    demo["resources"] = "$FAKE_ORION/resources"
+    demo["results"] = str(tmp_path / "results")
+    demo["datasets"]["byhand"] = {"kind": "scenes", "source": "local", "format": "geotiff_scenes",
+                                  "path": "{resources}/manual/scenes.bin",
+                                  "sha256": hashlib.sha256(b"by hand").hexdigest()}
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump(demo))
+    monkeypatch.setenv("FAKE_ORION", str(orion))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # not where the data is
+    cfg = load_config(cfg_file)
+    assert cfg["datasets"]["byhand"]["path"] == f"{orion}/resources/manual/scenes.bin"
+    assert main(["download", "--config", str(cfg_file), "--dataset", "byhand"]) == 0
+    rec = json.loads((orion / "resources" / "raw" / "byhand" / "download.json").read_text())
+    assert rec["origin"] == str((orion / "resources" / "manual" / "scenes.bin").resolve())
+    # an unset variable names the key; '{resources}' only at the start
+    monkeypatch.delenv("FAKE_ORION")
+    demo["resources"] = "resources"
+    demo["datasets"]["byhand"]["path"] = "$NOT_SET_ANYWHERE/manual/scenes.bin"
+    with pytest.raises(ConfigError, match=r"datasets\.byhand\.path: .*\$NOT_SET_ANYWHERE"):
+        validate(demo)
+    demo["datasets"]["byhand"]["path"] = "manual/{resources}/scenes.bin"
+    with pytest.raises(ConfigError, match=r"datasets\.byhand\.path: .*may only start it"):
         validate(demo)

@@ -124,6 +124,16 @@ def test_execution_only_settings_rerun_nothing(study):
     assert "Nothing to be done" in res.stdout + res.stderr
 
 
+def test_pretraining_layout_reruns_the_plan_only(study):
+    # geofm plan prices pretraining at its layout (nodes x ranks); pretraining resumes at any world size,
+    # so a finished model is not retrained, nor evaluated again
+    for n, over in enumerate(({"pretrain.procs_per_node": 2},
+                              {"pretrain.per_model": {"test_micro": {"nodes": 2}}})):
+        name = write_config(study, f"layout{n}.yaml", **over)
+        rules = sorted(r for r, _ in planned(snakemake(study, "--configfile", name, "-n")))
+        assert rules == ["all", "figures", "plan"], (over, rules)
+
+
 def test_copied_checkout_plans_nothing(study, tmp_path):
     moved = copy_study(study, tmp_path / "elsewhere" / "checkout")
     res = snakemake(moved, "--configfile", "tiny.yaml", "-n")

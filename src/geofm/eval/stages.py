@@ -19,7 +19,8 @@ default is MAE's linear probe, He et al. 2022 appendix A.2 / facebookresearch/ma
 ``pool`` (cls | mean), ``linprobe_*`` (solver lars | sgd | logreg, base lr x batch/256, epochs, warm-up, batch,
 ``linprobe_augment``: a new random-resized crop + flip of every training image per batch through the frozen
 encoder, else cached features of the test transform), ``crop_pct`` (test images resized to
-``image_size / crop_pct`` then centre-cropped), ``logreg_l2``, ``batch_size`` (images per encoder forward),
+``image_size / crop_pct`` then centre-cropped), ``logreg_l2`` (a penalty, or a list to choose from by
+``logreg_cv_folds``-fold cross-validation on the training features), ``batch_size`` (images per encoder forward),
 ``knn_k`` / ``knn_temperature``, ``image_size`` and ``device`` (by default the top-level ones),
 ``feature_cache`` (features under ``{results}/eval/features/``), ``shard_encoder`` (with >1 rank, shard the
 frozen encoder with FSDP2 instead of a copy per rank). :func:`run_evaluate` completes a hand-built section with
@@ -50,7 +51,7 @@ import torch
 
 from geofm.eval.features import cache_file, cache_key, extract_features
 from geofm.eval.knn import knn_scores
-from geofm.eval.linprobe import fit_logreg, predict_scores, train_linear_probe
+from geofm.eval.linprobe import fit_logreg, fit_logreg_cv, predict_scores, train_linear_probe
 from geofm.config import digest, rule_params
 from geofm.eval.metrics import paired_top1, summarize
 from geofm.provenance import provenance
@@ -148,13 +149,23 @@ def _resolve_image_size(ev: dict, meta: dict, path: Path) -> int:
 def _classifier_scores(protocol: str, ev: dict, tr_f, tr_y, te_f, n_classes: int, seed: int,
                        features_of=None) -> tuple[np.ndarray, dict]:
     """Fit the protocol's classifier on the training features (or, for MAE's augmented linear probe, on
-    ``features_of(idx, epoch, batch)``: a new augmented view of each batch) and score the test features."""
+    ``features_of(idx, epoch, batch)``: a new augmented view of each batch) and score the test features.
+    Returns the scores and the settings used; settings chosen for this encoder alone (the cross-validated
+    logreg penalty) under ``"per_encoder"``, which the caller moves into the encoder's own record."""
     if protocol == "knn":
         k, t = int(ev["knn_k"]), float(ev["knn_temperature"])
         scores = knn_scores(tr_f, tr_y, te_f, n_classes, k=k, temperature=t)
         return scores.numpy(), {"knn_k": k, "knn_temperature": t}
     solver = str(ev["linprobe_solver"]).lower()
     if solver == "logreg":
+        if isinstance(ev["logreg_l2"], (list, tuple)):
+            head, chosen = fit_logreg_cv(tr_f, tr_y, n_classes, ev["logreg_l2"],
+                                         folds=int(ev["logreg_cv_folds"]), seed=seed)
+            # the penalty is chosen per encoder: it goes in the encoder's own record ("per_encoder")
+            return predict_scores(head, te_f).numpy(), {
+                "linprobe_solver": solver, "logreg_l2_grid": sorted({float(v) for v in ev["logreg_l2"]}),
+                "logreg_cv_folds": chosen["logreg_cv_folds"],
+                "per_encoder": {"logreg_l2": chosen["logreg_l2"], "logreg_cv_top1": chosen["logreg_cv_top1"]}}
         l2 = float(ev["logreg_l2"])
         head = fit_logreg(tr_f, tr_y, n_classes, l2=l2)
         return predict_scores(head, te_f).numpy(), {"linprobe_solver": solver, "logreg_l2": l2}
@@ -359,7 +370,7 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
             scores, used = _classifier_scores(protocol, ev, feats.get("train"), torch.as_tensor(train.labels),
                                               feats["test"], n_classes, seed, features_of)
             del runner, features_of
-            extra_rec = {"feature_dim": int(feats["test"].shape[1])}
+            extra_rec = {"feature_dim": int(feats["test"].shape[1]), **used.pop("per_encoder", {})}
         del enc
         summary = summarize(scores, test.labels, classes)
         cm = summary.pop("confusion")
