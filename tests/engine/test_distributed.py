@@ -18,9 +18,27 @@ def one_process(tmp_path_factory):
     return losses(out)
 
 
+# What each strategy must do to the model pretraining builds on 2 ranks (torch 2.14 FSDP2: fully_shard on a 1-D
+# mesh shards every parameter over it; on a 2-D (replicate, shard) mesh it replicates over dim 0 and shards over
+# dim 1; reshard_after_forward=False keeps the gathered parameters from forward to backward): the wrapper, the
+# parameters' mesh, whether each rank holds half the parameters, and FSDP2 all-gathers per step per FSDP group
+# (a block or the root): 1 (forward only) or 2 (gathered again for backward).
+LAYOUT = {
+    "DDP": ("DistributedDataParallel", None, False, 0),
+    "NO_SHARD": ("FSDPMAE", [[2, 1]], False, 0),
+    "HYBRID_1GPU": ("FSDPMAE", [[2, 1]], False, 0),
+    "SHARD_GRAD_OP": ("FSDPMAE", [[2]], True, 1),
+    "FULL_SHARD": ("FSDPMAE", [[2]], True, 2),
+    "HYBRID_2GPUs": ("FSDPMAE", [[1, 2]], True, 2),
+}
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_strategy_two_ranks_matches_one(strategy, one_process, tiny, tmp_path):
-    run_ranks(2, {"mode": "train", "cfg": {**tiny, "steps": 5, "strategy": strategy}, "out": str(tmp_path)})
+    """Each strategy trains as one process does, and really lays the model out as it says (a strategy that
+    silently fell back to another, or a prefetch setting that never reached FSDP2, would still match)."""
+    cfg = {**tiny, "steps": 5, "strategy": strategy, "backward_prefetch": 2, "forward_prefetch": 1}
+    run_ranks(2, {"mode": "train", "cfg": cfg, "out": str(tmp_path), "record_layout": str(tmp_path / "layout")})
     two = losses(tmp_path)
     assert sorted(two) == sorted(one_process) == [1, 2, 3, 4, 5]
     for step, loss in one_process.items():
@@ -28,6 +46,17 @@ def test_strategy_two_ranks_matches_one(strategy, one_process, tiny, tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["strategy"] == strategy
     assert (tmp_path / "encoder.pt").exists()
+    from geofm.models import MODELS
+
+    groups = MODELS["test_micro"].depth + cfg["decoder_depth"] + 1  # each block, and the root
+    wrapper, mesh, sharded, gathers = LAYOUT[strategy]
+    seen = [json.loads((tmp_path / f"layout.{r}.json").read_text()) for r in (0, 1)]
+    for s in seen:
+        assert (s["wrapper"], s["mesh"], s["all_gathers"]) == (wrapper, mesh, gathers * groups * 5), (strategy, s)
+        assert s["local_fraction"] == (pytest.approx(0.5, abs=0.01) if sharded else 1.0), (strategy, s)
+        assert s.get("prefetch", [2, 1]) == [2, 1], s  # DDP never calls parallelize
+    if sharded:  # the two shards make up the model
+        assert seen[0]["local_fraction"] + seen[1]["local_fraction"] == pytest.approx(1.0)
 
 
 FALLING = {"steps": 40, "lr": 3e-3, "log_every": 1}  # long enough, at this rate, for the loss to fall

@@ -24,6 +24,10 @@ def main():
             _sigkill_at_step(int(args["kill_at_step"]))
         if args.get("record_dtypes"):
             _record_dtypes(args["record_dtypes"])
+        if args.get("record_layout"):
+            _record_layout(args["record_layout"])
+        if args.get("record_compute"):
+            _record_compute(args["record_compute"])
 
         try:
             train(TrainConfig.from_dict(args["cfg"]), args["out"])
@@ -69,6 +73,87 @@ def _sigkill_at_step(step: int) -> None:
         return real(*a, **k)
 
     pretrain.train_step = step_or_die
+
+
+def _record_compute(path: str) -> None:
+    """Record what a pretraining run computes; the rank writes ``<path>.<rank>.json`` at exit: ``attn``:
+    for each transformer block (``"<stack>.<block>"``, encoder stack 0), the batch size of every forward of
+    its attention (a checkpointed block runs it again in backward); ``lr``: the learning rate of each
+    param group at every ``AdamW.step`` (what the optimizer really used)."""
+    import atexit
+    import os
+
+    import torch
+
+    import geofm.train.pretrain as pretrain
+    from geofm.distributed.parallelize import transformer_blocks
+
+    seen = {"attn": {}, "lr": []}
+    real_build, real_step = pretrain.build_model, torch.optim.AdamW.step
+
+    def build_model(*a, **k):
+        model, autocast = real_build(*a, **k)
+        for si, blocks in enumerate(transformer_blocks(model)):
+            for bi, blk in enumerate(blocks):
+                attn = next(m for n, m in blk.named_modules() if n.split(".")[-1] == "attn")
+                key = f"{si}.{bi}"
+                seen["attn"][key] = []
+                attn.register_forward_pre_hook(lambda mod, inp, key=key: seen["attn"][key].append(inp[0].shape[0]))
+        return model, autocast
+
+    def adamw_step(self, *a, **k):
+        seen["lr"].append([g["lr"] for g in self.param_groups])
+        return real_step(self, *a, **k)
+
+    def write():
+        with open(f"{path}.{os.environ.get('RANK', '0')}.json", "w") as fh:
+            json.dump(seen, fh)
+
+    pretrain.build_model, torch.optim.AdamW.step = build_model, adamw_step
+    atexit.register(write)
+
+
+def _record_layout(path: str) -> None:
+    """Record how the model the pretraining code built (``geofm.train.pretrain.build_model``) is laid out and
+    what it communicates; each rank writes ``<path>.<rank>.json`` at exit: ``wrapper`` (the outer module's
+    class), ``local_fraction`` (parameter elements this rank holds / the model's), ``mesh`` (the shape of the
+    parameters' device mesh, null without DTensors), ``all_gathers`` (FSDP2's ``foreach_all_gather`` calls over
+    the whole run), ``prefetch`` (the depths ``parallelize`` was given)."""
+    import atexit
+    import os
+
+    from torch.distributed.fsdp._fully_shard import _fsdp_param_group as fpg
+    from torch.distributed.tensor import DTensor
+
+    import geofm.train.pretrain as pretrain
+
+    seen = {"all_gathers": 0}
+    real_build, real_gather, real_par = pretrain.build_model, fpg.foreach_all_gather, pretrain.parallelize
+
+    def parallelize(*a, **k):
+        seen["prefetch"] = list(a[6:8]) + [k[n] for n in ("backward_prefetch", "forward_prefetch") if n in k]
+        return real_par(*a, **k)
+
+    def build_model(*a, **k):
+        model, autocast = real_build(*a, **k)
+        params = list(model.parameters())
+        local = sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in params)
+        total = sum(p.numel() for p in params)
+        meshes = {tuple(p.device_mesh.shape) for p in params if isinstance(p, DTensor)}
+        seen.update(wrapper=type(model).__name__, local_fraction=local / total,
+                    mesh=[list(m) for m in sorted(meshes)] or None)
+        return model, autocast
+
+    def all_gather(*a, **k):
+        seen["all_gathers"] += 1
+        return real_gather(*a, **k)
+
+    def write():
+        with open(f"{path}.{os.environ.get('RANK', '0')}.json", "w") as fh:
+            json.dump(seen, fh)
+
+    pretrain.build_model, pretrain.parallelize, fpg.foreach_all_gather = build_model, parallelize, all_gather
+    atexit.register(write)
 
 
 def _record_dtypes(path: str) -> None:
