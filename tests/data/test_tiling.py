@@ -65,6 +65,10 @@ def test_spatial_splits_are_disjoint_with_overlapping_tiles(scenes_dir, tmp_path
                           "val_fraction": 0.2, "test_fraction": 0.2}, scenes_dir, tmp_path / "t2", seed=5)
     again = gpd.read_parquet(tmp_path / "t2" / "manifest.parquet")
     assert list(again["split"]) == list(gdf["split"])
+    tile_dataset("demo", {"format": "geotiff_scenes", "tile_size": 32, "stride": 16, "split_block": 64,
+                          "val_fraction": 0.2, "test_fraction": 0.2}, scenes_dir, tmp_path / "t3", seed=6)
+    other = gpd.read_parquet(tmp_path / "t3" / "manifest.parquet")
+    assert list(other["split"]) != list(gdf["split"])
 
 
 def test_derived_landcover_labels(scenes_dir, tmp_path):

@@ -251,3 +251,29 @@ def test_cross_validated_logreg_penalty_is_each_encoders_own(env, monkeypatch):
         assert rec[which]["logreg_cv_top1"] == info["logreg_cv_top1"], which
         assert rec[which]["logreg_l2"] == info["logreg_l2"], which
     assert rec["pretrained"]["logreg_cv_top1"] != rec["random_init"]["logreg_cv_top1"]
+
+
+def test_a_replaced_encoder_is_not_evaluated_on_cached_features(pretrained, tmp_path):
+    """The feature cache is keyed on the encoder file itself, not only its step: an ``encoder.pt`` replaced
+    at the same step and of the same size (re-pretrained under another setting, here its patch embedding
+    zeroed) gets new features, so its own accuracy, not the cached one of its predecessor."""
+    import os
+
+    cfg, root, enc_path = pretrained
+    cfg = {**cfg, "evaluate": {**cfg["evaluate"], "feature_cache": True}}
+    enc = tmp_path / "pretrain" / "test_micro" / "encoder.pt"
+    enc.parent.mkdir(parents=True)
+    obj = torch.load(enc_path, weights_only=False)
+    torch.save(obj, enc)  # saved here, as its replacement will be: the two files have the same size
+    first = stages.run_evaluate(cfg, "knn", "test_micro", "fix", enc, tmp_path / "a.json")
+    assert list((root / "eval" / "features").rglob("fix.train.pt"))  # cached
+    for k in obj["state_dict"]:
+        if k.startswith("patch_embed."):
+            obj["state_dict"][k] = torch.zeros_like(obj["state_dict"][k])
+    size = enc.stat().st_size
+    torch.save(obj, enc)
+    assert enc.stat().st_size == size and obj["meta"]["step"] == first["checkpoint_step"]
+    st = enc.stat()
+    os.utime(enc, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    second = stages.run_evaluate(cfg, "knn", "test_micro", "fix", enc, tmp_path / "b.json")
+    assert second["pretrained"]["top1"] <= 1 / len(CLASSES) + 1e-9 < first["pretrained"]["top1"]

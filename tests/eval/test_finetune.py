@@ -91,3 +91,38 @@ def test_pool_in_cache_key_and_file(tmp_path, monkeypatch):
     k = cache_key("m", 1, "d", "train", pool="cls")
     assert k["pool"] == "cls" and cache_file(tmp_path, k).name == "d.train.cls.pt"
     assert cache_file(tmp_path, cache_key("m", 1, "d", "train", pool="mean")).name == "d.train.pt"
+
+
+def test_layer_decay_and_mixup_reach_the_optimizer_and_the_batches(monkeypatch):
+    """What fine-tuning really does at each step: every AdamW group steps at the schedule's lr times its
+    layer's scale (patch embedding 0.5^3 of the head's with layer_decay 0.5 on test_micro's 2 blocks), and
+    mixup draws its Beta(a, a) weight once per step only when enabled."""
+    from geofm.common.lr import warmup_cosine
+
+    seen, draws = [], []
+    real_step, real_sample = torch.optim.AdamW.step, torch.distributions.Beta.sample
+
+    def step(self, *a, **k):
+        seen.append([(g["lr"], g["lr_scale"]) for g in self.param_groups])
+        return real_step(self, *a, **k)
+
+    def sample(self, *a, **k):
+        draws.append(float(self.concentration1))
+        return real_sample(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    monkeypatch.setattr(torch.distributions.Beta, "sample", sample)
+    y = torch.arange(24) % 3
+    x = torch.randint(0, 255, (24, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    for mixup in (0.0, 0.2):
+        seen.clear(), draws.clear()
+        cfg = FinetuneConfig(epochs=2, batch_size=12, base_lr=1e-2, layer_decay=0.5, mixup=mixup, pool="mean",
+                             seed=0, warmup_epochs=1, min_lr=0.0)
+        finetune(build_encoder("test_micro", 16, 3), x, y, 3, [0.5] * 3, [0.25] * 3, 16, cfg)
+        assert len(seen) == 4  # 2 epochs of 2 steps
+        peak = 1e-2 * 12 / 256
+        for it, groups in enumerate(seen):
+            want = warmup_cosine(it, 4, 2, peak, 0.0)
+            assert all(lr == pytest.approx(want * scale) for lr, scale in groups), (it, groups)
+            assert {scale for _, scale in groups} == {1.0, 0.5, 0.25, 0.125}
+        assert draws == pytest.approx([0.2] * 4 if mixup else []), (mixup, draws)

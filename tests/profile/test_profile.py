@@ -151,11 +151,23 @@ def test_mfu_on_a_known_case(tmp_path, monkeypatch):
     assert rec["images_per_s"] == pytest.approx(rec["global_batch"] / rec["step_s"])
 
 
-def test_real_data_variant_includes_the_loader(tmp_path):
+def test_real_data_variant_includes_the_loader(tmp_path, monkeypatch):
+    """The ``real`` variant times steps fed from the tiles on disk (the pretraining dataset's training tiles,
+    read through the loader), not the synthetic batch: the tile reader is called, on that directory."""
+    from geofm.data.shards import TileDataset
+
     cfg = write_cfg(tmp_path)
     cli("download", "--config", cfg, "--dataset", "demo_scenes")
     cli("tile", "--config", cfg, "--dataset", "demo_scenes")
+    reads, real_get = [], TileDataset.get_batch_numpy
+
+    def get_batch_numpy(self, idx):
+        reads.append((str(self.tiles_dir), len(idx)))
+        return real_get(self, idx)
+
+    monkeypatch.setattr(TileDataset, "get_batch_numpy", get_batch_numpy)
     assert main(profile(cfg, tmp_path / "real.json", variant="real")) == 0
+    assert reads and {r for r, _ in reads} == {str(tmp_path / "results" / "tiles" / "demo_scenes")}, reads[:3]
     rec = json.loads((tmp_path / "real.json").read_text())
     assert rec["status"] == "ok" and rec["data"] == "real" and rec["variant_settings"] == {"data": "real"}
     assert rec["data_s"] > 0 and rec["loader_images_per_s_per_rank"] > 0
