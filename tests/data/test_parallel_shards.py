@@ -78,3 +78,25 @@ def test_interrupted_run_resumes_per_shard(tmp_path):
     decode_shards(files[:-1], _counting_decode, per, work, 1, {"sources": files[:-1]}, log=lambda m: None)
     assert _CALLS == files[:-1]
     assert json.loads((work / "plan.json").read_text())["n_items"] == 14
+
+
+def _pid_decode(path):
+    import os
+    import time
+
+    time.sleep(0.1)  # a shard takes 0.4 s: the pool's other workers are up before one could take them all
+    tile, meta = decode_image(path, 16)
+
+    return tile, {**meta, "pid": os.getpid()}
+
+
+def test_workers_really_decode_in_other_processes(tmp_path):
+    """``workers: 3`` decodes the shards in a pool of processes (not in this one, and not all in one)."""
+    import os
+
+    files = sorted(str(f) for f in _folder(tmp_path / "raw"))
+    got = decode_shards(files, _pid_decode, 4, tmp_path / "work", 3, {"test": "pids"}, log=lambda *_: None)
+    pids = {m["pid"] for _, metas in got for m in metas if m.get("ok")}
+    assert len(got) == 4 and os.getpid() not in pids and len(pids) > 1, pids
+    one = decode_shards(files, _pid_decode, 4, tmp_path / "work1", 1, {"test": "pid"}, log=lambda *_: None)
+    assert {m["pid"] for _, metas in one for m in metas if m.get("ok")} == {os.getpid()}
