@@ -58,8 +58,10 @@ def _train_config(cfg: dict, model: str, data: str, section: dict, **over) -> "T
 
 
 def _in_chans(cfg: dict, dataset: str) -> int:
-    stats = Path(cfg["results"]) / "tiles" / dataset / "stats.json"
-    return int(json.loads(stats.read_text())["bands"]) if stats.exists() else 3
+    from .data.shards import read_stats
+
+    tiles = Path(cfg["results"]) / "tiles" / dataset
+    return int(read_stats(tiles)["bands"]) if (tiles / "stats.json").exists() else 3
 
 
 def cmd_validate(args, cfg):
@@ -403,22 +405,26 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"geofm: {exc}", file=sys.stderr)
         return 2
-    if args.cmd in ("pretrain", "profile"):
-        fn = cmd_pretrain if args.cmd == "pretrain" else cmd_profile
-        return int(fn(args, cfg, argv) or 0)
-    if args.cmd in ("profile-bundle", "evaluate-bundle", "schedule"):
-        fn = {"profile-bundle": cmd_profile_bundle, "evaluate-bundle": cmd_evaluate_bundle, "schedule": cmd_schedule}
-        return int(fn[args.cmd](args, cfg) or 0)
     try:
+        if args.cmd in ("pretrain", "profile"):
+            fn = cmd_pretrain if args.cmd == "pretrain" else cmd_profile
+            return int(fn(args, cfg, argv) or 0)
+        if args.cmd in ("profile-bundle", "evaluate-bundle", "schedule"):
+            fn = {"profile-bundle": cmd_profile_bundle, "evaluate-bundle": cmd_evaluate_bundle,
+                  "schedule": cmd_schedule}
+            return int(fn[args.cmd](args, cfg) or 0)
         {"validate": cmd_validate, "download": cmd_download, "tile": cmd_tile, "evaluate": cmd_evaluate,
          "figures": cmd_figures, "plan": cmd_plan}[args.cmd](args, cfg)
     except Exception as exc:  # noqa: BLE001 - user-facing errors get one clear line, bugs a traceback
         from .data import DataError
+        from .distributed.checkpoint import CheckpointError
         from .eval.stages import EvalError
 
-        if not isinstance(exc, (FileNotFoundError, ValueError, KeyError, DataError, EvalError)):  # ClusterError: a ValueError
+        if not isinstance(exc, (FileNotFoundError, ValueError, KeyError, DataError, EvalError,  # ClusterError: a
+                                CheckpointError)):                                             # ValueError
             raise
-        print(f"geofm {args.cmd}: error: {exc}", file=sys.stderr)
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError's str() adds quotes
+        print(f"geofm {args.cmd}: error: {msg}", file=sys.stderr)
         return 1
     return 0
 

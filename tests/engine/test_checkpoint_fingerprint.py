@@ -78,3 +78,49 @@ def test_same_config_resumes_an_unfinished_run(tmp_path):
     b = losses(out)
     for step in (5, 6):
         assert b[step] == pytest.approx(ref[step], rel=1e-4, abs=1e-5)
+
+
+def test_missing_tiles_or_a_damaged_checkpoint_lose_nothing(tmp_path, monkeypatch, capsys):
+    """`geofm pretrain` on tiles that are gone (moved, a purged scratch) or unreadable stops with one line
+    naming the file, before looking at the checkpoints: the resumable ones stay where they are (they are not
+    "another config's" to be moved aside). A complete-marked checkpoint whose shard was damaged afterwards is
+    named too, with what to do, and nothing is moved."""
+    import yaml
+
+    from geofm.cli import main
+
+    from pathlib import Path
+
+    cfg = yaml.safe_load((Path(__file__).parents[2] / "config" / "demo.yaml").read_text())
+    cfg.update(results=str(tmp_path / "r"), resources=str(tmp_path / "s"), image_size=16, models=["test_micro"])
+    cfg["datasets"]["demo_scenes"].update(n_scenes=1, size=256)
+    cfg["pretrain"].update(steps=4, batch_size=8, checkpoint_every=2, keep_last=5, warmup_steps=1, log_every=1,
+                           decoder_dim=32, decoder_depth=1, decoder_heads=2)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    c = ["--config", str(path)]
+    assert main(["download", *c, "--dataset", "demo_scenes"]) == 0
+    assert main(["tile", *c, "--dataset", "demo_scenes"]) == 0
+    assert main(["pretrain", *c, "--model", "test_micro"]) == 0
+    out = tmp_path / "r" / "pretrain" / "test_micro"
+    shutil.rmtree(out / "checkpoints" / "step-0000004")  # killed after step 2's checkpoint
+    tiles = tmp_path / "r" / "tiles" / "demo_scenes"
+    tiles.rename(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(["pretrain", *c, "--model", "test_micro"]) == 1
+    err = capsys.readouterr().err
+    assert "stats.json not found" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    (tmp_path / "elsewhere").rename(tiles)
+    stats = (tiles / "stats.json").read_text()
+    (tiles / "stats.json").write_text(stats[:40])
+    assert main(["pretrain", *c, "--model", "test_micro"]) == 1
+    assert f"{tiles / 'stats.json'} is unreadable" in capsys.readouterr().err
+    (tiles / "stats.json").write_text(stats)
+    assert not aside(out) and (out / "checkpoints" / "step-0000002" / ".complete").exists()
+    # the step-2 checkpoint damaged after it was written: named, nothing moved
+    shard = sorted((out / "checkpoints" / "step-0000002").glob("*.distcp"))[0]
+    shard.write_bytes(shard.read_bytes()[:100])
+    assert main(["pretrain", *c, "--model", "test_micro"]) == 1
+    err = capsys.readouterr().err
+    assert "checkpoint " + str(out / "checkpoints" / "step-0000002") + " is unreadable" in err, err
+    assert "Traceback" not in err and not aside(out)

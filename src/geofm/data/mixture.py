@@ -19,7 +19,6 @@ normalise with) and the tile count per part. Every part must have the same numbe
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -73,4 +72,6 @@ def tile_mixture_parts(b, cfg: dict, part_dirs: dict[str, Path], chunk: int = 51
 
 
 def stats_of(tiles_dir) -> dict:
-    return json.loads((Path(tiles_dir) / "stats.json").read_text())
+    from .shards import read_stats
+
+    return read_stats(tiles_dir)

@@ -68,10 +68,17 @@ class ShardWriter:
 
 
 def read_stats(tiles_dir) -> dict:
+    """A tiles directory's ``stats.json``; missing or unreadable is a :class:`DataError` naming it."""
     path = Path(tiles_dir) / STATS
     if not path.exists():
         raise DataError(f"{path} not found: run the tile stage first")
-    return json.loads(path.read_text())
+    try:
+        stats = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{path} is unreadable ({e}): run the tile stage again") from None
+    if not isinstance(stats, dict):
+        raise DataError(f"{path} is not a stats mapping: run the tile stage again")
+    return stats
 
 
 class TileDataset:

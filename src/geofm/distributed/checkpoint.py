@@ -21,6 +21,11 @@ from ..common.ranks import barrier, is_main
 _MARK = ".complete"
 
 
+class CheckpointError(RuntimeError):
+    """A complete-marked checkpoint that cannot be read back (a shard truncated or damaged after it was
+    written): the message names its directory and what to do."""
+
+
 def complete_steps(ckpt_dir: Path) -> list[int]:
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.exists():
@@ -75,9 +80,19 @@ def load(ckpt_dir: Path, step: int, model, optimizer) -> dict:
         raise FileNotFoundError(f"checkpoint {path} is missing or incomplete")
     msd, osd = get_state_dict(model, optimizer)
     state = {"model": msd, "optim": osd}
-    dcp.load(state, checkpoint_id=str(path))
+    try:
+        dcp.load(state, checkpoint_id=str(path))
+        extra = json.loads((path / "extra.json").read_text())
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # noqa: BLE001 - DCP's CheckpointException is a BaseException wrapping EOFError & co
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable ({type(e).__name__}{': ' + first if first else ''}); move it "
+            f"aside (or delete it) to resume from the previous one, or move {Path(ckpt_dir)} aside to start "
+            "again") from e
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    return json.loads((path / "extra.json").read_text())
+    return extra
 
 
 def full_model_state(model) -> dict:

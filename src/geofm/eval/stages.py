@@ -117,9 +117,9 @@ def normalisation(cfg: dict, meta: dict, train: Split) -> tuple[list[float], lis
     pre = cfg.get("pretrain_dataset")  # a hand-built config (tests) may name none
     stats = Path(cfg["results"]) / "tiles" / str(pre) / "stats.json"
     if pre and stats.is_file():
-        import json
+        from geofm.data.shards import read_stats
 
-        st = json.loads(stats.read_text())
+        st = read_stats(stats.parent)
         if len(st["mean"]) == len(train.mean):
             return [float(v) for v in st["mean"]], [float(v) for v in st["std"]], f"pretraining set ({stats.parent})"
     return train.mean, train.std, "evaluated dataset"

@@ -28,11 +28,15 @@ _NOT_TRAJECTORY = ("data", "device", "fail_at_step")
 
 
 def data_identity(data: str) -> str:
-    """``synthetic``, or the sha256 of a tiles folder's ``stats.json`` (its path is not part of it)."""
-    stats = Path(data) / "stats.json"
-    if data == "synthetic" or not stats.is_file():
-        return str(data) if data == "synthetic" else "missing"
-    return hashlib.sha256(stats.read_bytes()).hexdigest()
+    """``synthetic``, or the sha256 of a tiles folder's ``stats.json`` (its path is not part of it). Tiles
+    that are missing or unreadable are an error here, before any checkpoint is looked at: they are not
+    "another config" whose checkpoints would be moved aside."""
+    if data == "synthetic":
+        return data
+    from ..data.shards import read_stats
+
+    read_stats(data)  # DataError naming the file
+    return hashlib.sha256((Path(data) / "stats.json").read_bytes()).hexdigest()
 
 
 def fingerprint(cfg) -> str:

@@ -121,7 +121,9 @@ def _pretrain_split(data: str) -> str | None:
     stats = Path(data) / "stats.json"
     if data == "synthetic" or not stats.is_file():
         return "train"
-    return json.loads(stats.read_text()).get("pretrain_split", "train")
+    from ..data.shards import read_stats
+
+    return read_stats(data).get("pretrain_split", "train")
 
 
 def build_model(cfg: TrainConfig, world_size: int, device: torch.device):
