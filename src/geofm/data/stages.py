@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 from . import DataError
@@ -72,4 +73,9 @@ def run_tile(cfg: dict, dataset: str) -> Path:
     stats = tile_dataset(dataset, ds, raw_dir_for(cfg, dataset), out, parent_raw_dir=parent_raw, seed=cfg["seed"])
     log.info("tiled %s: %d tiles (%s), %d rejected -> %s", dataset, stats["n_tiles"],
              json.dumps(stats["splits"]), len(stats["rejected"]), out)
+    bad = stats["rejected"]
+    if bad:  # said on the console, not only in rejected.csv
+        first = "; ".join(f"{Path(str(r.get('file', '?'))).name}: {r.get('reason', '?')}" for r in bad[:3])
+        print(f"geofm tile: {dataset}: {len(bad)} input(s) rejected, listed in {out / 'rejected.csv'}: {first}"
+              f"{'; ...' if len(bad) > 3 else ''}", file=sys.stderr)
     return out

@@ -10,6 +10,7 @@ import os
 import shutil
 import stat
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from .. import DataError
@@ -70,8 +71,13 @@ def safe_extract(zip_path, dest, max_bytes: float | None = None) -> Path:
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+            try:
+                with zf.open(info) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+                target.unlink(missing_ok=True)
+                raise DataError(f"{zip_path} is damaged: member {info.filename!r} does not decompress ({e}); "
+                                "fetch the archive again") from None
     return dest
 
 

@@ -56,6 +56,9 @@ def load_image(path: Path, S: int) -> tuple[np.ndarray, tuple[int, int]]:
     with Image.open(path) as im:
         im.load()
         hw = (im.size[1], im.size[0])
+        if im.mode in ("I", "F") or im.mode.startswith("I;"):  # 16/32-bit integers or floats: RGB would clip them
+            raise ValueError(f"{im.mode} pixels (not 8-bit): an image folder holds 8-bit images; read "
+                             "higher bit depths as GeoTIFF scenes (format geotiff_scenes, scaled per band)")
         if im.mode != "RGB":
             im = im.convert("RGB")
         if im.size != (S, S):
@@ -118,6 +121,9 @@ def class_index(b: Builder, items: list, spec, raw_dir: Path, what: str = "image
     if not classes:
         raise DataError(f"no {what} found for format {spec.name} under {raw_dir}: " +
                         "; ".join(r["reason"] for r in b.rejected))
+    if len(classes) < 2:
+        raise DataError(f"only one class ({classes[0]}, {len(items)} {what}) found for format {spec.name} under "
+                        f"{raw_dir}: scene classification needs at least two")
     b.classes = classes
     return {c: i for i, c in enumerate(classes)}
 
