@@ -160,3 +160,39 @@ def test_connection_refused_retries_then_fails(tmp_path):
     with pytest.raises(DataError, match="after 3 attempts"):
         fetch_dataset("x", {"source": "url", "url": f"http://127.0.0.1:{port}/f.bin", "retries": 2,
                             "backoff_s": 0.01}, tmp_path / "raw")
+
+
+def test_a_new_download_sets_aside_what_an_older_one_left(tmp_path, capsys):
+    """The tile stage reads the whole raw folder, so a download leaves there only what it records: another
+    local path's link goes (its data stays), surplus synthetic scenes move to ``<raw>.aside-<time>/``; a
+    failed download leaves no record (the tile stage then reads nothing as downloaded)."""
+    import zipfile
+
+    from geofm.data.tiling import tile_dataset
+    from test_bad_inputs import _eurosat
+
+    src = tmp_path / "data"
+    src.mkdir()
+    _eurosat(src / "EuroSAT.zip", classes=("Forest", "River"), n=4)
+    _eurosat(src / "EuroSAT-small.zip", classes=("Forest", "River"), n=2)
+    raw = tmp_path / "raw" / "es"
+    fetch_dataset("es", {"source": "local", "path": str(src / "EuroSAT.zip")}, raw)
+    fetch_dataset("es", {"source": "local", "path": str(src / "EuroSAT-small.zip")}, raw)
+    assert sorted(p.name for p in raw.iterdir()) == ["EuroSAT-small.zip", "download.json"]
+    assert (src / "EuroSAT.zip").exists()  # only the link went
+    stats = tile_dataset("es", {"format": "eurosat_zip", "tile_size": 16}, raw, tmp_path / "t")
+    assert stats["n_tiles"] == 4  # the small archive's images, not both archives'
+    # synthetic: 2 scenes, then 1 -> the second scene is set aside, not tiled
+    syn = tmp_path / "raw" / "demo"
+    fetch_dataset("demo", {"source": "synthetic", "n_scenes": 2, "size": 64, "seed": 1}, syn)
+    capsys.readouterr()
+    fetch_dataset("demo", {"source": "synthetic", "n_scenes": 1, "size": 64, "seed": 1}, syn)
+    assert "scene_001.tif" not in {p.name for p in syn.iterdir()}
+    (aside,) = syn.parent.glob("demo.aside-*")
+    assert {"scene_001.tif", "scene_001_labels.tif"} <= {p.name for p in aside.iterdir()}
+    assert str(aside) in capsys.readouterr().err
+    # a checksum that fails: no record left behind
+    with pytest.raises(DataError, match="sha256 mismatch"):
+        fetch_dataset("es", {"source": "local", "path": str(src / "EuroSAT.zip"), "sha256": "0" * 64}, raw)
+    assert not (raw / "download.json").exists()
+    assert zipfile.is_zipfile(src / "EuroSAT.zip")

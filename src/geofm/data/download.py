@@ -215,6 +215,9 @@ def fetch_dataset(name: str, ds_cfg: dict, raw_dir) -> Path:
     source = ds_cfg.get("source")
     record: dict = {"dataset": name, "source": source}
     manifest = raw_dir / DOWNLOAD_JSON
+    # until this fetch succeeds the folder's content is not what the old record says (a failed checksum sets
+    # the file aside): no record, so nothing downstream reads the folder as downloaded
+    manifest.unlink(missing_ok=True)
     if source == "derived":
         parent = ds_cfg.get("from")
         if not parent:
@@ -243,6 +246,7 @@ def fetch_dataset(name: str, ds_cfg: dict, raw_dir) -> Path:
             record["url"] = ds_cfg.get("url")
         if info:  # a tree: counted, not hashed
             record["files"] = [{"path": link.name, **info}]
+            _set_aside_stale(raw_dir, {link.name})
             write_json(manifest, record)
             return manifest
         _verify_checksums(link, ds_cfg)
@@ -256,5 +260,27 @@ def fetch_dataset(name: str, ds_cfg: dict, raw_dir) -> Path:
 
     record["files"] = [{"path": f.relative_to(raw_dir).as_posix(), "sha256": sha256_file(f),
                         "bytes": f.stat().st_size} for f in sorted(files)]
+    _set_aside_stale(raw_dir, {f.relative_to(raw_dir).parts[0] for f in files})
     write_json(manifest, record)
     return manifest
+
+
+def _set_aside_stale(raw_dir: Path, keep: set[str]) -> None:
+    """What an earlier download left in ``raw_dir`` and this one did not write (another local path, another
+    URL's file, surplus synthetic scenes): the tile stage reads the whole folder, so it would tile them too.
+    Links go (the data they point at stays where it is); files and folders are moved to
+    ``<raw_dir>.aside-<time>/``, never deleted, with a line on stderr naming it."""
+    aside = None
+    for p in sorted(raw_dir.iterdir()):
+        if p.name in keep or p.name == DOWNLOAD_JSON or p.name.startswith("."):
+            continue
+        if p.is_symlink():
+            p.unlink()
+            continue
+        if aside is None:
+            aside = raw_dir.with_name(f"{raw_dir.name}.aside-{time.strftime('%Y%m%dT%H%M%S')}")
+            aside.mkdir(parents=True, exist_ok=True)
+        os.replace(p, aside / p.name)
+    if aside is not None:
+        print(f"geofm download: moved what an earlier download left in {raw_dir} (not part of this one) to "
+              f"{aside}", file=sys.stderr)
