@@ -143,10 +143,30 @@ def cmd_evaluate(args, cfg):
     from .config import evaluate_settings
     from .eval.stages import run_evaluate
 
+    from .models.registry import MODELS
+
+    # what can be said before anything is loaded
+    if args.model not in MODELS:
+        raise ValueError(f"--model {args.model!r} is not a registry model (known: {', '.join(MODELS)})")
+    ds = cfg["datasets"].get(args.dataset)
+    if ds is None:
+        raise ValueError(f"--dataset {args.dataset!r} is not under datasets in {args.config} "
+                         f"(known: {', '.join(cfg['datasets'])})")
+    if ds.get("kind") != "classification":
+        raise ValueError(f"--dataset {args.dataset!r} has kind {ds.get('kind')!r} in {args.config}: only "
+                         "labelled (kind: classification) datasets are evaluated")
+    ratio = None
+    if args.train_ratio is not None:
+        try:
+            ratio = float(args.train_ratio)
+        except ValueError:
+            raise ValueError(f"--train-ratio {args.train_ratio!r} is not a number") from None
+        if not 0 < ratio < 1:
+            raise ValueError(f"--train-ratio {args.train_ratio} must lie strictly between 0 and 1 (the fraction "
+                             "of each class that trains)")
     cfg = {**cfg, "evaluate": evaluate_settings(cfg, args.model)}  # the model's own geometry and settings
     enc = Path(cfg["results"]) / "pretrain" / args.model / "encoder.pt"
-    run_evaluate(cfg, args.protocol, args.model, args.dataset, enc, args.out,
-                 train_ratio=None if args.train_ratio is None else float(args.train_ratio))
+    run_evaluate(cfg, args.protocol, args.model, args.dataset, enc, args.out, train_ratio=ratio)
 
 
 def _passthrough(args) -> list[str]:

@@ -215,3 +215,22 @@ def test_dataset_path_under_the_resources_directory(tmp_path, monkeypatch, demo)
     demo["datasets"]["byhand"]["path"] = "manual/{resources}/scenes.bin"
     with pytest.raises(ConfigError, match=r"datasets\.byhand\.path: .*may only start it"):
         validate(demo)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--model", "demo_tinyy", "--dataset", "demo_landcover"], "--model 'demo_tinyy' is not a registry model"),
+    (["--model", "demo_tiny", "--dataset", "nope"], "--dataset 'nope' is not under datasets in"),
+    (["--model", "demo_tiny", "--dataset", "demo_scenes"], "has kind 'scenes'"),
+    (["--model", "demo_tiny", "--dataset", "demo_landcover", "--train-ratio", "abc"], "--train-ratio 'abc' is not"),
+    (["--model", "demo_tiny", "--dataset", "demo_landcover", "--train-ratio", "1.5"], "strictly between 0 and 1"),
+])
+def test_evaluate_arguments_checked_before_anything_loads(tmp_path, capsys, args, fragment):
+    # nothing exists under results: each error must come from the arguments, not from a missing file
+    cfg = yaml.safe_load((ROOT / "config/demo.yaml").read_text())
+    cfg["results"] = str(tmp_path / "results")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    rc = main(["evaluate", "--config", str(path), "--protocol", "knn", "--out", str(tmp_path / "o.json"), *args])
+    err = capsys.readouterr().err
+    assert rc == 1 and fragment in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "results").exists()
