@@ -232,6 +232,9 @@ def cmd_figures(args, cfg):
     from .plots.figures import run_figures
 
     res = Path(cfg["results"])
+    if not res.is_dir():  # a typo'd results path would give empty "no data" figures
+        raise FileNotFoundError(f"results directory {res} does not exist (results: in {args.config}): nothing "
+                                "to draw")
     for p in run_figures(cfg, res / "figures", res / "tables"):
         print(p)
 

@@ -183,3 +183,34 @@ def test_peak_memory_draws_the_allocator_peak_else_the_process_rss():
     assert T.peak_memory_column(gpu) == "peak_mem_gb"
     older = pd.DataFrame({"peak_mem_gb": [3.0]})  # results written before peak_rss_gb existed
     assert T.peak_memory_column(older) == "peak_mem_gb"
+
+
+def test_records_that_are_not_results_are_skipped_with_a_note(tmp_path, capsys):
+    """A torn JSON and a JSON that is not a record (a list) among good results: both skipped, each named on
+    stderr; the good one is read."""
+    from geofm.plots.readers import load_eval_results
+
+    d = tmp_path / "eval" / "knn" / "demo_tiny"
+    d.mkdir(parents=True)
+    good = {"protocol": "knn", "model": "demo_tiny", "dataset": "a",
+            "pretrained": {"top1": 0.5, "top5": 1.0}, "random_init": {"top1": 0.25, "top5": 1.0}}
+    (d / "a.json").write_text(json.dumps(good))
+    (d / "b.json").write_text('{"protocol": "kn')
+    (d / "c.json").write_text("[]")
+    df = load_eval_results(tmp_path)
+    assert set(df["dataset"]) == {"a"}
+    err = capsys.readouterr().err
+    assert "b.json" in err and "c.json" in err and "not a result record" in err, err
+
+
+def test_figures_on_a_results_path_that_does_not_exist(tmp_path, capsys):
+    import yaml
+
+    from geofm.cli import main
+
+    cfg = yaml.safe_load(open(__file__.rsplit("/tests/", 1)[0] + "/config/demo.yaml"))
+    cfg["results"] = str(tmp_path / "resluts")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["figures", "--config", str(tmp_path / "c.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert f"results directory {tmp_path / 'resluts'} does not exist" in err and not (tmp_path / "resluts").exists()

@@ -40,10 +40,14 @@ def warn(msg: str) -> None:
 
 def _read_json(path: Path):
     try:
-        return json.loads(path.read_text())
+        rec = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         warn(f"skipping unreadable {path}: {e}")
         return None
+    if not isinstance(rec, dict):
+        warn(f"skipping {path}: a {type(rec).__name__}, not a result record")
+        return None
+    return rec
 
 
 def _dataset_label(rec: dict, path: Path) -> str:
