@@ -57,6 +57,17 @@ def _train_config(cfg: dict, model: str, data: str, section: dict, **over) -> "T
                                   "seed": cfg["seed"], "device": cfg["device"]})
 
 
+class ArgumentError(ValueError):
+    """A command-line argument that cannot be right (checked before anything loads): one line, no traceback."""
+
+
+def _check_model(name: str) -> None:
+    from .models.registry import MODELS
+
+    if name not in MODELS:
+        raise ArgumentError(f"--model {name!r} is not a registry model (known: {', '.join(MODELS)})")
+
+
 def _in_chans(cfg: dict, dataset: str) -> int:
     from .data.shards import read_stats
 
@@ -83,6 +94,7 @@ def cmd_tile(args, cfg):
 def cmd_pretrain(args, cfg, argv):
     from .config import pretrain_settings
 
+    _check_model(args.model)
     p = pretrain_settings(cfg, args.model)
     nprocs = args.nprocs or p["nodes"] * p["procs_per_node"]
     if nprocs > 1 and not _in_distributed_env():
@@ -104,6 +116,13 @@ def cmd_profile(args, cfg, argv):
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiled step: no Kineto start/stop chatter in the log
     from .config import pretrain_settings, profile_effective
 
+    _check_model(args.model)
+    from .distributed.parallelize import parse_strategy
+
+    try:
+        parse_strategy(args.strategy)
+    except ValueError as exc:
+        raise ArgumentError(f"--strategy {args.strategy!r}: {exc}") from None
     variant = args.variant or "base"
     try:
         cell = profile_effective(cfg, variant, args.model)
@@ -143,26 +162,23 @@ def cmd_evaluate(args, cfg):
     from .config import evaluate_settings
     from .eval.stages import run_evaluate
 
-    from .models.registry import MODELS
-
     # what can be said before anything is loaded
-    if args.model not in MODELS:
-        raise ValueError(f"--model {args.model!r} is not a registry model (known: {', '.join(MODELS)})")
+    _check_model(args.model)
     ds = cfg["datasets"].get(args.dataset)
     if ds is None:
-        raise ValueError(f"--dataset {args.dataset!r} is not under datasets in {args.config} "
+        raise ArgumentError(f"--dataset {args.dataset!r} is not under datasets in {args.config} "
                          f"(known: {', '.join(cfg['datasets'])})")
     if ds.get("kind") != "classification":
-        raise ValueError(f"--dataset {args.dataset!r} has kind {ds.get('kind')!r} in {args.config}: only "
+        raise ArgumentError(f"--dataset {args.dataset!r} has kind {ds.get('kind')!r} in {args.config}: only "
                          "labelled (kind: classification) datasets are evaluated")
     ratio = None
     if args.train_ratio is not None:
         try:
             ratio = float(args.train_ratio)
         except ValueError:
-            raise ValueError(f"--train-ratio {args.train_ratio!r} is not a number") from None
+            raise ArgumentError(f"--train-ratio {args.train_ratio!r} is not a number") from None
         if not 0 < ratio < 1:
-            raise ValueError(f"--train-ratio {args.train_ratio} must lie strictly between 0 and 1 (the fraction "
+            raise ArgumentError(f"--train-ratio {args.train_ratio} must lie strictly between 0 and 1 (the fraction "
                              "of each class that trains)")
     cfg = {**cfg, "evaluate": evaluate_settings(cfg, args.model)}  # the model's own geometry and settings
     enc = Path(cfg["results"]) / "pretrain" / args.model / "encoder.pt"
@@ -443,8 +459,10 @@ def main(argv: list[str] | None = None) -> int:
         from .distributed.checkpoint import CheckpointError
         from .eval.stages import EvalError
 
-        if not isinstance(exc, (FileNotFoundError, ValueError, KeyError, DataError, EvalError,  # ClusterError: a
-                                CheckpointError)):                                             # ValueError
+        user = (ArgumentError, DataError, CheckpointError)
+        if args.cmd not in ("pretrain", "profile", "profile-bundle", "evaluate-bundle"):
+            user += (FileNotFoundError, ValueError, KeyError, EvalError)  # ClusterError: a ValueError
+        if not isinstance(exc, user):  # deep in training a ValueError or KeyError is a bug: its traceback
             raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError's str() adds quotes
         print(f"geofm {args.cmd}: error: {msg}", file=sys.stderr)

@@ -490,6 +490,8 @@ def rule_params(cfg: dict, rule: str, dataset: str | None = None, model: str | N
         props = _props("evaluate")
         ev = {k: v for k, v in section_keys(cfg, "evaluate", values=evaluate_settings(cfg, model)).items()
               if protocol in (props.get(k) or {}).get("x-protocol", [protocol])}
+        if not isinstance(ev.get("logreg_l2"), list):  # folds matter only to a cross-validated penalty
+            ev.pop("logreg_cv_folds", None)
         out = {"protocol": protocol, "model": model, "dataset": dataset, "image_size": cfg["image_size"],
                "seed": cfg["seed"], "evaluate": ev}
         if train_ratio is not None:  # one of datasets.<D>.train_ratios: this job's re-split ({D}.tr<percent>.json)

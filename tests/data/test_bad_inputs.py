@@ -57,11 +57,16 @@ def test_16_bit_images_are_rejected_not_clipped(tmp_path, capsys):
     rejected.csv and said on the console by the tile stage."""
     from geofm.data.stages import run_tile
 
-    (tmp_path / "raw" / "ds").mkdir(parents=True)
-    _eurosat(tmp_path / "raw" / "ds" / "EuroSAT.zip", extra=[("2750/River/River_9.png", _png(40000, "I;16"))])
+    from geofm.data.download import fetch_dataset
+
+    _eurosat(tmp_path / "EuroSAT.zip", extra=[("2750/River/River_9.png", _png(40000, "I;16"))])
+    ds = {"kind": "classification", "source": "local", "path": str(tmp_path / "EuroSAT.zip"),
+          "format": "eurosat_zip", "tile_size": 16}
     cfg = {"results": str(tmp_path / "r"), "resources": str(tmp_path), "image_size": 16, "seed": 0,
-           "datasets": {"ds": {"kind": "classification", "source": "local", "path": "x",
-                               "format": "eurosat_zip", "tile_size": 16}}}
+           "datasets": {"ds": ds}}
+    with pytest.raises(DataError, match=r"download\.json is missing: run the download stage for 'ds' first"):
+        run_tile(cfg, "ds")
+    fetch_dataset("ds", ds, tmp_path / "raw" / "ds")
     out = run_tile(cfg, "ds")
     import json
 

@@ -85,9 +85,19 @@ def touched(before, after) -> set:
     ("pretrain.per_model", {"demo_base": {"decoder_dim": 32}}, {"profile", "profile_ac"}),
     ("pretrain.per_model", {"demo_small": {"lr": 5e-4, "decoder_depth": 2}}, set()),
     ("evaluate.finetune_activation_checkpointing", 1, set()),  # fine-tuning only (no finetune job here)
+    # the folds matter to a cross-validated penalty only: with one penalty (the default) they rerun nothing,
+    # so adding the key reran no existing linear probe
+    ("evaluate.logreg_cv_folds", 3, set()),
+    ("evaluate.logreg_l2", [1.0e-3, 0.1], {"linprobe"}),
 ])
 def test_a_key_is_in_the_params_of_exactly_the_jobs_it_determines(demo, path, value, jobs):
     assert touched(demo, changed(demo, path, value)) == jobs
+
+
+def test_cross_validation_folds_rerun_a_cross_validated_probe(demo):
+    cv = changed(demo, "evaluate.logreg_l2", [1.0e-3, 0.1])
+    assert touched(cv, changed(cv, "evaluate.logreg_cv_folds", 3)) == {"linprobe"}
+    assert "logreg_cv_folds" not in rule_params(demo, "evaluate", **JOBS["linprobe"])["evaluate"]
 
 
 def test_an_evaluation_at_a_train_ratio_carries_that_ratio_only(demo):

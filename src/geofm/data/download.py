@@ -269,7 +269,7 @@ def _set_aside_stale(raw_dir: Path, keep: set[str]) -> None:
     """What an earlier download left in ``raw_dir`` and this one did not write (another local path, another
     URL's file, surplus synthetic scenes): the tile stage reads the whole folder, so it would tile them too.
     Links go (the data they point at stays where it is); files and folders are moved to
-    ``<raw_dir>.aside-<time>/``, never deleted, with a line on stderr naming it."""
+    ``<raw_dir>.aside-<time>-<unique>/``, never deleted, with a line on stderr naming it."""
     aside = None
     for p in sorted(raw_dir.iterdir()):
         if p.name in keep or p.name == DOWNLOAD_JSON or p.name.startswith("."):
@@ -277,9 +277,11 @@ def _set_aside_stale(raw_dir: Path, keep: set[str]) -> None:
         if p.is_symlink():
             p.unlink()
             continue
-        if aside is None:
-            aside = raw_dir.with_name(f"{raw_dir.name}.aside-{time.strftime('%Y%m%dT%H%M%S')}")
-            aside.mkdir(parents=True, exist_ok=True)
+        if aside is None:  # a new folder each time: nothing set aside earlier is overwritten
+            import tempfile
+
+            aside = Path(tempfile.mkdtemp(prefix=f"{raw_dir.name}.aside-{time.strftime('%Y%m%dT%H%M%S')}-",
+                                          dir=raw_dir.parent))
         os.replace(p, aside / p.name)
     if aside is not None:
         print(f"geofm download: moved what an earlier download left in {raw_dir} (not part of this one) to "

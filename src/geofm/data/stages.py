@@ -70,7 +70,11 @@ def run_tile(cfg: dict, dataset: str) -> Path:
         if not (parent_raw / "download.json").exists():
             raise DataError(f"dataset {dataset!r} is derived from {parent!r}, but {parent_raw}/download.json is "
                             f"missing: run the download stage for {parent!r} first")
-    stats = tile_dataset(dataset, ds, raw_dir_for(cfg, dataset), out, parent_raw_dir=parent_raw, seed=cfg["seed"])
+    raw = raw_dir_for(cfg, dataset)
+    if ds["source"] != "derived" and not (raw / "download.json").exists():
+        raise DataError(f"{raw / 'download.json'} is missing: run the download stage for {dataset!r} first "
+                        "(a failed download leaves none)")
+    stats = tile_dataset(dataset, ds, raw, out, parent_raw_dir=parent_raw, seed=cfg["seed"])
     log.info("tiled %s: %d tiles (%s), %d rejected -> %s", dataset, stats["n_tiles"],
              json.dumps(stats["splits"]), len(stats["rejected"]), out)
     bad = stats["rejected"]

@@ -85,14 +85,34 @@ def load(ckpt_dir: Path, step: int, model, optimizer) -> dict:
         extra = json.loads((path / "extra.json").read_text())
     except (KeyboardInterrupt, SystemExit):
         raise
-    except BaseException as e:  # noqa: BLE001 - DCP's CheckpointException is a BaseException wrapping EOFError & co
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+    except BaseException as e:  # noqa: BLE001 - DCP's CheckpointException is a BaseException
+        damage = _damage(e)
+        if damage is None:  # out of memory, a collective timing out, a transient I/O error: not the file's fault
+            raise
         raise CheckpointError(
-            f"checkpoint {path} is unreadable ({type(e).__name__}{': ' + first if first else ''}); move it "
-            f"aside (or delete it) to resume from the previous one, or move {Path(ckpt_dir)} aside to start "
-            "again") from e
+            f"checkpoint {path} is damaged ({damage}); move it aside to resume from the previous one, or move "
+            f"{Path(ckpt_dir)} aside to start again") from e
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     return extra
+
+
+def _damage(exc: BaseException) -> str | None:
+    """What says that a checkpoint's files are damaged (a truncated or corrupt shard or extra.json), or None
+    when the load failed for another reason. DCP wraps each rank's exception in ``CheckpointException.failures``
+    (torch 2.14 ``torch/distributed/checkpoint/api.py``: rank -> (exception, traceback))."""
+    import pickle
+    import zipfile
+
+    causes = [exc]
+    failures = getattr(exc, "failures", None)
+    if isinstance(failures, dict):
+        causes += [f[0] for f in failures.values() if isinstance(f, tuple) and f]
+    for c in causes:
+        if isinstance(c, (EOFError, pickle.UnpicklingError, zipfile.BadZipFile, json.JSONDecodeError,
+                          UnicodeDecodeError)):
+            text = str(c).strip().splitlines()[0][:160] if str(c).strip() else ""
+            return type(c).__name__ + (f": {text}" if text else "")
+    return None
 
 
 def full_model_state(model) -> dict:
