@@ -18,6 +18,21 @@ from geofm.data.shards import TileDataset
 from geofm.data.tiling import MANIFEST_COLUMNS, tile_dataset
 
 
+def test_footprint_of_a_rotated_raster_is_the_window_corners():
+    """A window's footprint is its four corners mapped by the raster's full affine transform (shear and rotation
+    terms included, as in a rotated GeoTIFF), checked against rasterio's own mapping."""
+    from affine import Affine
+    from rasterio.transform import xy
+
+    from geofm.data.tiling.builder import footprint
+
+    t = Affine(28.7, 8.8, 500000.0, 9.4, -19.1, 4200000.0)  # rotated and sheared: b != d
+    got = list(footprint(t, 5, 7, 32, 48).exterior.coords)[:4]
+    rows, cols = [5, 5, 37, 37], [7, 55, 55, 7]
+    want = list(zip(*xy(t, rows, cols, offset="ul")))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
 def test_scene_tiles_manifest_and_stats(scene_tiles, scenes_dir):
     stats = json.loads((scene_tiles / "stats.json").read_text())
     assert stats["n_tiles"] == 2 * (256 // 32) ** 2

@@ -165,8 +165,14 @@ def footprint(transform, r: int, c: int, h: int, w: int):
     """The manifest geometry of an ``h x w`` window at row ``r``, column ``c`` of a raster."""
     from shapely.geometry import Polygon
 
-    corners = [transform * (c, r), transform * (c + w, r), transform * (c + w, r + h), transform * (c, r + h)]
-    return Polygon(corners)
+    # x = a*col + b*row + xoff, y = d*col + e*row + yoff, written out: affine 3 deprecates ``transform * (c, r)``
+    # (PendingDeprecationWarning, "use @") and affine before 2.4 has no ``@``
+    a, b, xoff, d, e, yoff = (float(v) for v in tuple(transform)[:6])
+
+    def at(col, row):
+        return (a * col + b * row + xoff, d * col + e * row + yoff)
+
+    return Polygon([at(c, r), at(c + w, r), at(c + w, r + h), at(c, r + h)])
 
 
 # ----------------------------------------------------------------------------------------------------------
