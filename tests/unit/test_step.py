@@ -91,3 +91,33 @@ def test_compiled_step_matches_eager():
     finally:
         torch._dynamo.reset()
     assert len(set(seen)) == 3  # the steps updated the model: three points of a trajectory, not one repeated
+
+
+def test_fsdp2_wrapped_mae_returns_no_view_to_its_caller():
+    """FSDP2 hooks the tensors a wrapped module returns for its pre-backward all-gather, and warns that an
+    in-place op on a returned *view* drops that hook (torch/distributed/fsdp/_fully_shard/_fsdp_state.py,
+    ``_register_pre_backward_hook``): the MAE's prediction is returned as its own tensor, so a pretraining log
+    on any number of ranks carries no such warning and a caller's in-place op cannot skip the all-gather."""
+    import warnings
+
+    import torch.distributed as dist
+
+    from geofm.distributed.parallelize import parallelize, parse_strategy
+
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        m = build_mae("test_micro", 16, 3, device="meta", decoder_dim=32, decoder_depth=1, decoder_heads=2)
+        parallelize(m, parse_strategy("FULL_SHARD"), 1, torch.device("cpu"), "fp32")
+        materialize(m, "cpu", 0)
+        x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loss, pred, _ = m(x)
+        assert not [w for w in caught if "view tensor" in str(w.message)], [str(w.message) for w in caught]
+        assert pred._base is None and pred.requires_grad
+        pred.mul_(1.0)  # an in-place op on the returned prediction: the loss's backward still all-gathers
+        loss.backward()
+        assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+    finally:
+        dist.destroy_process_group()

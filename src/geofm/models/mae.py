@@ -163,7 +163,9 @@ class MAE(nn.Module):
         x = torch.cat([x[:, :1, :], patches], dim=1) + self.decoder_pos_embed.to(x.dtype)
         for blk in self.decoder_blocks:
             x = blk(x)
-        return self.decoder_pred(self.decoder_norm(x))[:, 1:, :]
+        # a copy, not a view of the cls row's tensor: FSDP2 warns that an in-place op on a view returned by a
+        # wrapped module would drop its pre-backward hook (torch/distributed/fsdp/_fully_shard/_fsdp_state.py)
+        return self.decoder_pred(self.decoder_norm(x))[:, 1:, :].clone(memory_format=torch.contiguous_format)
 
     def loss(self, imgs, pred, mask):
         target = self.patchify(imgs)
