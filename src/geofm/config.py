@@ -421,12 +421,19 @@ def _props(section: str) -> dict:
     return schema()["properties"][section]["properties"]
 
 
+def unset_default(props: dict, key: str, value) -> bool:
+    """True for a key marked ``x-omit-default`` in the schema that holds its default: such a key is left out of
+    params and of the checkpoint fingerprint, so that adding it to the schema reran nothing."""
+    p = props.get(key) or {}
+    return bool(p.get("x-omit-default")) and value == p.get("default")
+
+
 def section_keys(cfg: dict, section: str, exclude: tuple = ("never",), values: dict | None = None) -> dict:
     """``cfg[section]`` (or ``values``: that section as one model sees it, e.g. ``pretrain_settings``) less the
-    keys whose schema entry says ``x-rerun`` is in ``exclude``."""
+    keys whose schema entry says ``x-rerun`` is in ``exclude`` and the ``x-omit-default`` keys at their default."""
     props = _props(section)
     return {k: v for k, v in (cfg.get(section) or {} if values is None else values).items()
-            if (props.get(k) or {}).get("x-rerun") not in exclude}
+            if (props.get(k) or {}).get("x-rerun") not in exclude and not unset_default(props, k, v)}
 
 
 def dataset_params(cfg: dict, name: str, rule: str) -> dict:
@@ -470,7 +477,8 @@ def profile_effective(cfg: dict, variant: str, model: str | None = None) -> dict
     eff.update(own)
     props = _props("pretrain")
     pre = pretrain_settings(cfg, model) if model else cfg["pretrain"]
-    step = {k: v for k, v in pre.items() if (props.get(k) or {}).get("x-profile") and k not in eff}
+    step = {k: v for k, v in pre.items()
+            if (props.get(k) or {}).get("x-profile") and k not in eff and not unset_default(props, k, v)}
     return {"variant": variant, "profile": eff, "pretrain": step, "own": own}
 
 

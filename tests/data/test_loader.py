@@ -126,3 +126,51 @@ def test_step_batches_share_the_augmentation(scene_tiles):
         assert torch.equal(full[1::2], halves[1].batch(s)) and torch.equal(full[0::2], halves[0].batch(s))
         assert torch.equal(dev.batch(s).to("cpu"), halves[1].batch(s))
     assert not torch.equal(one.batch(0), one.batch(1))
+
+
+def test_rot90_turns_each_view_after_the_same_crop_and_flip(scene_tiles):
+    """pretrain.augment_rot90: each view is the one MAE's crop + flip gives, turned by its own drawn quarter turn,
+    on every device stage; the turns come from their own stream (a run without them keeps its crops and flips),
+    and with the flip all 8 symmetries of the square come up about equally often."""
+    plain = StepBatches(scene_tiles, 16, 24, seed=5, split="train", steps=3)
+    turned = StepBatches(scene_tiles, 16, 24, seed=5, split="train", steps=3, rot90=True)
+    for step in range(3):
+        k = turned.sampler.turns(step)
+        a, b = plain.batch(step), turned.batch(step)
+        assert not torch.equal(a, b)
+        for i in range(16):
+            torch.testing.assert_close(b[i], torch.rot90(a[i], int(k[i]), dims=(-2, -1)), rtol=0, atol=0)
+        for stage in ("normalize", "all"):
+            dev = StepBatches(scene_tiles, 16, 24, seed=5, split="train", steps=3, rot90=True,
+                              augment_on_device=stage).batch(step).finish()
+            assert torch.equal(dev, b)
+    # turns never apply without augmentation (the evaluation's and the profile's plain batches)
+    assert torch.equal(StepBatches(scene_tiles, 16, 24, seed=5, split="train", steps=1, augment=False).batch(0),
+                       StepBatches(scene_tiles, 16, 24, seed=5, split="train", steps=1, augment=False,
+                                   rot90=True).batch(0))
+    s = StepSampler(1000, 256, seed=5)
+    flips = torch.cat([s.crops(t, 32, 32)[1] for t in range(40)]).long()
+    turns = torch.cat([s.turns(t) for t in range(40)])
+    counts = torch.bincount(turns * 2 + flips, minlength=8)  # 10,240 views over the 8 symmetries
+    assert counts.numel() == 8 and (counts > 1280 * 0.9).all() and (counts < 1280 * 1.1).all(), counts
+
+
+def test_pretraining_sees_the_turned_views(scene_tiles, tmp_path):
+    """augment_rot90 in a TrainConfig reaches the trainer's loader: the same seed trains on other views (other
+    losses from the first step); false is the default."""
+    import json
+
+    from geofm.train.pretrain import TrainConfig, train
+
+    def first_losses(name, **kw):
+        tc = TrainConfig(model="test_micro", image_size=16, data=str(scene_tiles), steps=2, batch_size=8,
+                         decoder_dim=32, decoder_depth=1, decoder_heads=2, precision="fp32", device="cpu",
+                         log_every=1, **kw)
+        train(tc, tmp_path / name)
+        return [json.loads(ln)["loss"] for ln in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+                if '"loss"' in ln]
+
+    plain, again, turned = first_losses("plain"), first_losses("again", augment_rot90=False), \
+        first_losses("turned", augment_rot90=True)
+    assert plain == again and len(turned) == len(plain) == 2
+    assert turned[0] != plain[0]

@@ -89,6 +89,9 @@ def touched(before, after) -> set:
     # so adding the key reran no existing linear probe
     ("evaluate.logreg_cv_folds", 3, set()),
     ("evaluate.logreg_l2", [1.0e-3, 0.1], {"linprobe"}),
+    # quarter turns in pretraining: the pretraining jobs and the profile cells (the loader's work)
+    ("pretrain.augment_rot90", True, {"pretrain", "profile", "profile_ac"}),
+    ("pretrain.per_model", {"demo_tiny": {"augment_rot90": True}}, {"pretrain"}),
 ])
 def test_a_key_is_in_the_params_of_exactly_the_jobs_it_determines(demo, path, value, jobs):
     assert touched(demo, changed(demo, path, value)) == jobs
@@ -190,6 +193,35 @@ def test_a_models_own_recipe_reaches_its_training_and_fingerprint_only(demo):
     assert fingerprint(base) != fingerprint(tc(demo, "demo_base"))
     assert tc(own, "demo_tiny") == tc(demo, "demo_tiny")
     assert fingerprint(tc(own, "demo_tiny")) == fingerprint(tc(demo, "demo_tiny"))
+
+
+def test_a_key_added_at_its_old_behaviour_reruns_and_moves_nothing(demo, monkeypatch):
+    """pretrain.augment_rot90 (x-omit-default) at its default, false: every job's params and the checkpoint
+    fingerprint are those of the code before the key existed (its TrainConfig without the field), so an existing
+    study reruns nothing and resumes its checkpoints; set, it is in both."""
+    import dataclasses
+
+    from geofm.cli import _train_config
+    from geofm.config import pretrain_settings
+    from geofm.train import fingerprint as fpmod
+
+    before = {k: v for k, v in demo["pretrain"].items() if k != "augment_rot90"}  # a config of before the key
+    old = {**demo, "pretrain": before}
+    for job, kw in JOBS.items():
+        rule = {"knn": "evaluate", "linprobe": "evaluate", "profile_ac": "profile"}.get(job, job)
+        assert rule_params(demo, rule, **kw) == rule_params(old, rule, **kw), job
+    assert rule_params(demo, "plan") == rule_params(old, "plan")
+    assert "augment_rot90" in rule_params(changed(demo, "pretrain.augment_rot90", True), "pretrain",
+                                          model="demo_tiny")["pretrain"]
+
+    def tc(cfg):
+        return _train_config(cfg, "demo_tiny", "synthetic", pretrain_settings(cfg, "demo_tiny"))
+
+    now, turned = fpmod.fingerprint(tc(demo)), fpmod.fingerprint(tc(changed(demo, "pretrain.augment_rot90", True)))
+    real_asdict = dataclasses.asdict
+    monkeypatch.setattr(fpmod.dataclasses, "asdict", lambda obj: {k: v for k, v in real_asdict(obj).items()
+                                                                   if k != "augment_rot90"})
+    assert fpmod.fingerprint(tc(demo)) == now != turned  # the old TrainConfig's fingerprint
 
 
 @pytest.mark.parametrize("path, value, reruns", [

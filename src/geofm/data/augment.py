@@ -1,6 +1,7 @@
 """The one preprocessing path: MAE augmentations shared by the one loader (:mod:`geofm.data.loader`, pretraining's
 step-indexed batches), fine-tuning (crops from :mod:`geofm.data.sampler`) and the linear probe (:func:`train_batch`):
-RandomResizedCrop(scale 0.2-1, ratio 3/4-4/3, bicubic as MAE) + horizontal flip + normalisation; and MAE's test
+RandomResizedCrop(scale 0.2-1, ratio 3/4-4/3, bicubic as MAE) + horizontal flip (+ optional quarter turns, pretraining's
+``augment_rot90``) + normalisation; and MAE's test
 transform for feature extraction and every test split (:func:`eval_batch`: resize to size/0.875, centre crop).
 Normalisation uses the statistics of the pretraining set (``stats.json`` of its tiles, carried in ``encoder.pt``).
 
@@ -137,17 +138,18 @@ def _resize(x: torch.Tensor, out: int, mode: str = INTERPOLATION, size: tuple[in
 
 
 def resized_crop(images: torch.Tensor, boxes: torch.Tensor | None, out: int,
-                 flips: torch.Tensor | None = None, mode: str = INTERPOLATION) -> torch.Tensor:
+                 flips: torch.Tensor | None = None, mode: str = INTERPOLATION,
+                 turns: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample crop (``boxes`` x0, y0, x1, y1 rounded to integers; None = whole image) + antialiased resize
-    (``mode``: bicubic, MAE's, or bilinear) to ``out`` x ``out`` + optional horizontal flip, of ``B x C x H x W``
-    images.
+    (``mode``: bicubic, MAE's, or bilinear) to ``out`` x ``out`` + optional horizontal flip + optional quarter
+    turns (``turns``: 0-3 per sample, counter-clockwise, after the flip), of ``B x C x H x W`` images.
 
     uint8 in -> uint8 out on CPU (rounded); float in -> float out; uint8 on another device -> float out.
     """
     if mode not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {mode!r}")
     b, c, h, w = images.shape
-    if boxes is None and (flips is None or not bool(flips.any())):
+    if boxes is None and (flips is None or not bool(flips.any())) and (turns is None or not bool(turns.any())):
         if h == out and w == out:
             return images
         return _resize(images, out, mode)
@@ -155,10 +157,13 @@ def resized_crop(images: torch.Tensor, boxes: torch.Tensor | None, out: int,
     res = torch.empty((b, c, out, out), dtype=dtype, device=images.device)
     ib = [(0, 0, w, h)] * b if boxes is None else integer_boxes(boxes, h, w).tolist()
     fl = [False] * b if flips is None else flips.tolist()
+    tu = [0] * b if turns is None else [int(t) % 4 for t in turns.tolist()]
     for i, (x0, y0, bw, bh) in enumerate(ib):
         y = _resize(images[i:i + 1, :, y0:y0 + bh, x0:x0 + bw], out, mode)
         if fl[i]:
             y = y.flip(-1)
+        if tu[i]:
+            y = torch.rot90(y, tu[i], dims=(-2, -1))
         res[i:i + 1].copy_(y)
     return res
 
@@ -224,8 +229,9 @@ class DeviceBatch:
     """A uint8 batch whose remaining augmentation/normalisation runs where ``.to(device)`` sends it."""
 
     def __init__(self, images: torch.Tensor, out: int, mean255: torch.Tensor, inv_std255: torch.Tensor,
-                 boxes: torch.Tensor | None = None, flips: torch.Tensor | None = None):
-        self.images, self.out, self.boxes, self.flips = images, int(out), boxes, flips
+                 boxes: torch.Tensor | None = None, flips: torch.Tensor | None = None,
+                 turns: torch.Tensor | None = None):
+        self.images, self.out, self.boxes, self.flips, self.turns = images, int(out), boxes, flips, turns
         self.mean255, self.inv_std255 = mean255, inv_std255
 
     @property
@@ -241,8 +247,9 @@ class DeviceBatch:
 
     def to(self, device, non_blocking: bool = False) -> torch.Tensor:
         x = self.images.to(device, non_blocking=non_blocking)
-        if self.boxes is not None or x.shape[-1] != self.out or x.shape[-2] != self.out:
-            x = resized_crop(x, self.boxes, self.out, self.flips)
+        if (self.boxes is not None or self.turns is not None or x.shape[-1] != self.out
+                or x.shape[-2] != self.out):
+            x = resized_crop(x, self.boxes, self.out, self.flips, turns=self.turns)
         return normalize(x, self.mean255, self.inv_std255)
 
     def finish(self) -> torch.Tensor:

@@ -31,11 +31,12 @@ class StepBatches(torch.utils.data.Dataset):
 
     def __init__(self, source: str | Path, global_batch: int, image_size: int, rank: int = 0, world: int = 1,
                  seed: int = 0, augment: bool = True, in_chans: int = 3, split: str | None = "train",
-                 start: int = 0, steps: int = 0, augment_on_device="none"):
+                 start: int = 0, steps: int = 0, augment_on_device="none", rot90: bool = False):
         if global_batch % world:
             raise ValueError(f"global batch {global_batch} is not divisible by the world size {world}")
         self.global_batch, self.image_size, self.rank, self.world = global_batch, image_size, rank, world
         self.seed, self.augment, self.start, self.steps = seed, augment, start, steps
+        self.rot90 = bool(rot90)  # quarter turns after MAE's crop and flip (pretrain.augment_rot90)
         self.device_stage = parse_device_stage(augment_on_device)
         self.synthetic = str(source) == "synthetic"
         if self.synthetic:  # one fixed batch (the paper's synthetic mode); only this rank's rows are drawn
@@ -73,13 +74,15 @@ class StepBatches(torch.utils.data.Dataset):
         if self.synthetic:
             return self.fixed
         x = self.ds.get_batch(self.indices(step))  # uint8 B x C x S x S
-        boxes = flips = None
+        boxes = flips = turns = None
         if self.augment:
             boxes, flips = self.sampler.crops(step, x.shape[-2], x.shape[-1])
+            if self.rot90:
+                turns = self.sampler.turns(step)
         if self.device_stage == "all":
-            return DeviceBatch(x, self.image_size, self.mean255, self.inv_std255, boxes, flips)
+            return DeviceBatch(x, self.image_size, self.mean255, self.inv_std255, boxes, flips, turns)
         # the one preprocessing path (geofm.data.augment): antialiased bicubic crop-resize, uint8, per sample
-        x = resized_crop(x, boxes, self.image_size, flips)
+        x = resized_crop(x, boxes, self.image_size, flips, turns=turns)
         if self.device_stage == "normalize":
             return DeviceBatch(x, self.image_size, self.mean255, self.inv_std255)
         return normalize(x, self.mean255, self.inv_std255)

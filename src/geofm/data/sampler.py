@@ -23,7 +23,7 @@ import torch
 from .augment import CROP_UNIFORMS, crop_boxes_from_uniform
 
 # stream ids under the seed: one per kind of draw, so no two kinds share random numbers
-PERMUTATION, CROPS, MASK, SYNTHETIC = 11, 13, 17, 7
+PERMUTATION, CROPS, MASK, SYNTHETIC, TURNS = 11, 13, 17, 7, 19
 
 # -- counter-based random numbers: splitmix64's output function (Steele, Lea & Flood, "Fast splittable
 # pseudorandom number generators", OOPSLA 2014) over uint64 counters; numpy's uint64 arithmetic wraps mod 2**64.
@@ -105,6 +105,13 @@ class StepSampler:
         u = uniform((self.seed, CROPS, step), self.rows, CROP_UNIFORMS + 1)
         boxes = crop_boxes_from_uniform(u[:, :CROP_UNIFORMS], height, width, scale=tuple(scale))
         return boxes, u[:, CROP_UNIFORMS] < 0.5
+
+    def turns(self, step: int) -> torch.Tensor:
+        """Quarter turns (0-3, int64) of this rank's samples at ``step``, each equally likely: with the
+        horizontal flip of :meth:`crops`, each of the 8 symmetries of the square has probability 1/8. Drawn from
+        their own stream, so a run without turns keeps the crops and flips it always had."""
+        u = uniform((self.seed, TURNS, step), self.rows, 1)[:, 0]
+        return (u * 4).to(torch.int64).clamp_(0, 3)
 
 
 def mask_noise(seed: int, step: int, micro: int, global_batch: int, n_patches: int, rank: int, world: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from ..common.ranks import barrier
-from ..config import digest, schema
+from ..config import digest, schema, unset_default
 from ..distributed import checkpoint as ckpt
 
 # TrainConfig fields outside the schema's pretrain section that do not change the trajectory
@@ -45,7 +45,7 @@ def fingerprint(cfg) -> str:
 
     props = schema()["properties"]["pretrain"]["properties"]
     skip = {k for k, v in props.items() if v.get("x-rerun") in ("never", "outputs")} | set(_NOT_TRAJECTORY)
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip and not unset_default(props, k, v)}
     spec = dataclasses.asdict(get_spec(cfg.model))
     shape = {k: spec[k] for k in ("width", "depth", "mlp", "heads", "patch")}
     return digest({"settings": settings, "spec": shape, "data": data_identity(cfg.data)})

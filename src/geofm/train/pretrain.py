@@ -79,6 +79,7 @@ class TrainConfig:
     forward_prefetch: int = _default("forward_prefetch")
     augment: bool = _default("augment")
     augment_on_device: str = _default("augment_on_device")
+    augment_rot90: bool = _default("augment_rot90")
     num_workers: int = _default("num_workers")
     checkpoint_every: int = _default("checkpoint_every")
     keep_last: int = _default("keep_last")
@@ -193,7 +194,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     writer = metrics.MetricsWriter(metrics_path, enabled=de.is_main, append=start > 0)
     data = StepBatches(cfg.data, cfg.batch_size, cfg.image_size, rank, world, cfg.seed, cfg.augment,
                        cfg.in_chans, split=_pretrain_split(cfg.data), start=start, steps=cfg.steps,
-                       augment_on_device=cfg.augment_on_device)
+                       augment_on_device=cfg.augment_on_device, rot90=cfg.augment_rot90)
     if data.in_chans != cfg.in_chans:
         raise ValueError(f"{cfg.data}: tiles have {data.in_chans} bands but the model was built for {cfg.in_chans}")
     loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=cfg.num_workers,
