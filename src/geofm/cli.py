@@ -117,7 +117,7 @@ def cmd_profile(args, cfg, argv):
     from .config import pretrain_settings, profile_effective
 
     _check_model(args.model)
-    from .distributed.parallelize import parse_strategy
+    from .distributed.strategies import parse_strategy
 
     try:
         parse_strategy(args.strategy)

@@ -1,4 +1,4 @@
-"""Entry point for the multi-process tests: ``torchrun ... worker.py '<json>'``.
+"""Entry point for the multi-process tests: one process per rank (torchrun's environment, or under torchrun), ``worker.py '<json>'``.
 
 ``{"mode": "train", "cfg": {...TrainConfig...}, "out": dir}`` runs pretraining (``"kill_at_step": k``: each
 rank SIGKILLs itself as it starts step k; ``"record_dtypes": path``: see :func:`_record_dtypes`);

@@ -145,7 +145,12 @@ def test_forcerun_pretrain_retrains_and_protected_encoders_stay(study, tmp_path)
     target = "results/pretrain/test_micro/encoder.pt"
     first = [json.loads(ln) for ln in (proj / "results/pretrain/test_micro/metrics.jsonl").read_text().splitlines()]
     protect = ["--config", 'pretrain={"protect": true}']
-    snakemake(proj, "--configfile", "tiny.yaml", *protect, "--forcerun", "pretrain", target)
+    other = proj / "results/pretrain/demo_tiny/encoder.pt"
+    other_stamp = other.stat().st_mtime_ns
+    # the target goes before the options: --forcerun, --config and --configfile take any number of values and
+    # would swallow it (then the default target runs: every model's pretraining is forced)
+    snakemake(proj, target, "--configfile", "tiny.yaml", *protect, "--forcerun", "pretrain")
+    assert other.stat().st_mtime_ns == other_stamp  # only the target's pretraining ran
     out = proj / "results/pretrain/test_micro"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from"] == 0
@@ -168,8 +173,8 @@ def test_forcerun_pretrain_retrains_and_protected_encoders_stay(study, tmp_path)
         # Snakemake asks os.access(W_OK), which root always passes: answer as for an ordinary user (the owner's
         # write bit), the case this feature is for
         snake = ["-c", AS_ORDINARY_USER]
-    cmd = [sys.executable, *snake, "--cores", "1", "--configfile", "tiny.yaml", *protect, "--forcerun", "pretrain",
-           target]
+    cmd = [sys.executable, *snake, "--cores", "1", target, "--configfile", "tiny.yaml", *protect, "--forcerun",
+           "pretrain"]
     res = subprocess.run(cmd, cwd=proj, capture_output=True, text=True, timeout=300)
     assert res.returncode != 0 and "Write-protected output files" in res.stdout + res.stderr, res.stderr[-2000:]
     assert enc.stat().st_mtime_ns == stamp

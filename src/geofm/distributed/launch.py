@@ -13,9 +13,12 @@ import re
 import socket
 import subprocess
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
+# torch is imported where a device or process group is made, not here: the CLI reads the launch environment
+# (detect) before it re-launches itself as ranks, and that process has no use for torch
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
 @dataclass
@@ -79,8 +82,10 @@ def detect(env: dict | None = None) -> DistEnv:
     return DistEnv()
 
 
-def device_for(local_rank: int, want: str = "auto") -> torch.device:
+def device_for(local_rank: int, want: str = "auto") -> "torch.device":
     """CUDA and ROCm builds both expose ``torch.cuda``; one device per local rank."""
+    import torch
+
     if want == "cpu" or (want == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     n = torch.cuda.device_count()
@@ -92,8 +97,10 @@ def device_for(local_rank: int, want: str = "auto") -> torch.device:
     return dev
 
 
-def init(device: str = "auto", timeout_s: int = 600) -> tuple[DistEnv, torch.device]:
+def init(device: str = "auto", timeout_s: int = 600) -> tuple[DistEnv, "torch.device"]:
     """Initialise the default process group if there is more than one rank; return (env, device)."""
+    import torch.distributed as dist
+
     de = detect()
     dev = device_for(de.local_rank, device)
     if de.world_size > 1 and not dist.is_initialized():
@@ -107,6 +114,8 @@ def init(device: str = "auto", timeout_s: int = 600) -> tuple[DistEnv, torch.dev
 
 
 def shutdown() -> None:
+    import torch.distributed as dist
+
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
