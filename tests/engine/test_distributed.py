@@ -33,12 +33,30 @@ LAYOUT = {
 }
 
 
+def _strategy_cfg(strategy):
+    from enginelib import TINY
+
+    return {**TINY, "steps": 5, "strategy": strategy, "backward_prefetch": 2, "forward_prefetch": 1}
+
+
+@pytest.fixture(scope="module")
+def strategy_runs(tmp_path_factory):
+    """Every strategy's run on the same 2 ranks, one after another (one process start for all six)."""
+    root = tmp_path_factory.mktemp("strategies")
+    from enginelib import free_port
+
+    runs = [{"cfg": _strategy_cfg(s), "out": str(root / s), "record_layout": str(root / s / "layout"),
+             "master_port": free_port()} for s in STRATEGIES]
+    run_ranks(2, {"mode": "train", "runs": runs}, timeout=600)
+    return root
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_strategy_two_ranks_matches_one(strategy, one_process, tiny, tmp_path):
+def test_strategy_two_ranks_matches_one(strategy, one_process, strategy_runs):
     """Each strategy trains as one process does, and really lays the model out as it says (a strategy that
     silently fell back to another, or a prefetch setting that never reached FSDP2, would still match)."""
-    cfg = {**tiny, "steps": 5, "strategy": strategy, "backward_prefetch": 2, "forward_prefetch": 1}
-    run_ranks(2, {"mode": "train", "cfg": cfg, "out": str(tmp_path), "record_layout": str(tmp_path / "layout")})
+    cfg = _strategy_cfg(strategy)
+    tmp_path = strategy_runs / strategy
     two = losses(tmp_path)
     assert sorted(two) == sorted(one_process) == [1, 2, 3, 4, 5]
     for step, loss in one_process.items():

@@ -1,7 +1,11 @@
-"""Entry point for the multi-process tests: one process per rank (torchrun's environment, or under torchrun), ``worker.py '<json>'``.
+"""Entry point for the multi-process tests: ``worker.py '<json>'``, one process per rank (started with torchrun's
+environment by ``enginelib.run_ranks``, or under torchrun).
 
 ``{"mode": "train", "cfg": {...TrainConfig...}, "out": dir}`` runs pretraining (``"kill_at_step": k``: each
-rank SIGKILLs itself as it starts step k; ``"record_dtypes": path``: see :func:`_record_dtypes`);
+rank SIGKILLs itself as it starts step k; ``"record_dtypes": path``: see :func:`_record_dtypes`;
+``"record_layout": path``: see :func:`_record_layout`); ``{"mode": "train", "runs": [{"cfg", "out",
+"record_layout", "master_port"}, ...]}`` runs several one after another in the same ranks, each in its own
+process group on its own port;
 ``{"mode": "meta", "model": name, "image_size": n, "strategy": s}`` reports per-rank parameter memory;
 ``{"mode": "prefetch", "depths": [[b, f], ...], "out": prefix}`` records the order of FSDP2 all-gathers
 against block compute in one training step, for each (backward, forward) prefetch depth in turn, in one
@@ -24,16 +28,24 @@ def main():
             _sigkill_at_step(int(args["kill_at_step"]))
         if args.get("record_dtypes"):
             _record_dtypes(args["record_dtypes"])
-        if args.get("record_layout"):
-            _record_layout(args["record_layout"])
         if args.get("record_compute"):
             _record_compute(args["record_compute"])
 
-        try:
-            train(TrainConfig.from_dict(args["cfg"]), args["out"])
-        except WalltimeStop as exc:  # what `geofm pretrain` does: say so, exit 75 for a resubmission
-            print(f"walltime stop: {exc}", flush=True)
-            sys.exit(WalltimeStop.EXIT_CODE)
+        # "runs": several pretraining runs one after another in the same ranks (each its own process group, as
+        # train() makes and ends one): the rank processes start once for all of them
+        for run in args.get("runs") or [args]:
+            if run.get("master_port"):  # a new process group on a new store: rank 0 serves it, as at the start
+                import os
+
+                os.environ["MASTER_PORT"] = str(run["master_port"])
+            finish = _record_layout(run["record_layout"]) if run.get("record_layout") else (lambda: None)
+            try:
+                train(TrainConfig.from_dict(run["cfg"]), run["out"])
+            except WalltimeStop as exc:  # what `geofm pretrain` does: say so, exit 75 for a resubmission
+                print(f"walltime stop: {exc}", flush=True)
+                sys.exit(WalltimeStop.EXIT_CODE)
+            finally:
+                finish()
         return
     from torch.distributed.tensor import DTensor
 
@@ -113,13 +125,13 @@ def _record_compute(path: str) -> None:
     atexit.register(write)
 
 
-def _record_layout(path: str) -> None:
+def _record_layout(path: str):
     """Record how the model the pretraining code built (``geofm.train.pretrain.build_model``) is laid out and
-    what it communicates; each rank writes ``<path>.<rank>.json`` at exit: ``wrapper`` (the outer module's
+    what it communicates; returns ``finish``, which writes each rank's ``<path>.<rank>.json`` and removes the
+    recording (call it after the run): ``wrapper`` (the outer module's
     class), ``local_fraction`` (parameter elements this rank holds / the model's), ``mesh`` (the shape of the
     parameters' device mesh, null without DTensors), ``all_gathers`` (FSDP2's ``foreach_all_gather`` calls over
     the whole run), ``prefetch`` (the depths ``parallelize`` was given)."""
-    import atexit
     import os
 
     from torch.distributed.fsdp._fully_shard import _fsdp_param_group as fpg
@@ -148,12 +160,13 @@ def _record_layout(path: str) -> None:
         seen["all_gathers"] += 1
         return real_gather(*a, **k)
 
-    def write():
+    def finish():
+        pretrain.build_model, pretrain.parallelize, fpg.foreach_all_gather = real_build, real_par, real_gather
         with open(f"{path}.{os.environ.get('RANK', '0')}.json", "w") as fh:
             json.dump(seen, fh)
 
     pretrain.build_model, pretrain.parallelize, fpg.foreach_all_gather = build_model, parallelize, all_gather
-    atexit.register(write)
+    return finish
 
 
 def _record_dtypes(path: str) -> None:
