@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 BASE_STRATEGIES = ("DDP", "NO_SHARD", "SHARD_GRAD_OP", "FULL_SHARD")
 _HYBRID = re.compile(r"^HYBRID_(\d+)GPUs?$")
@@ -31,6 +32,7 @@ class ImpossibleStrategy(ValueError):
     """The strategy cannot run on this many ranks (reported as such by the profiler, not crashed on)."""
 
 
+@lru_cache(maxsize=256)  # a Strategy is immutable; the planner parses the same few names millions of times
 def parse_strategy(name: str) -> Strategy:
     if name == "DDP":
         return Strategy(name, "ddp")

@@ -109,6 +109,7 @@ def predict(w: Workload, strategy: str, nodes: int, c: Cluster, efficiency: floa
     enc = dec = 0
     cf, cb, ag_f, ag_b, red = [], [], [], [], []
     algos = set()
+    comm_of: dict[int, tuple] = {}  # a unit's collectives depend on its size only: the blocks of a stack share them
     for u in units:
         t = w.batch_per_gpu * u.fwd_flops / rate
         if u.name.startswith("encoder"):
@@ -119,7 +120,9 @@ def predict(w: Workload, strategy: str, nodes: int, c: Cluster, efficiency: floa
             ck = False
         cf.append(t)
         cb.append(2 * t + (t if ck else 0.0))
-        a, b, r, algo = _unit_comm(w, strategy, world, c, u.params)
+        if u.params not in comm_of:
+            comm_of[u.params] = _unit_comm(w, strategy, world, c, u.params)
+        a, b, r, algo = comm_of[u.params]
         ag_f.append(a)
         ag_b.append(b)
         red.append(r)

@@ -8,6 +8,7 @@ list matches how ``geofm.distributed.parallelize`` wraps the model (``fully_shar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ..models.registry import count_params, get_spec, num_patches
 from ..train import flops
@@ -84,6 +85,9 @@ class Workload:
 
     # ---------------------------------------------------------------- shapes
     def units(self) -> list[Unit]:
+        return list(_units(self))
+
+    def _units(self) -> tuple[Unit, ...]:
         s = get_spec(self.model)
         n = num_patches(self.model, self.image_size)
         keep = int(n * (1 - self.mask_ratio))
@@ -100,7 +104,7 @@ class Workload:
                                             self.decoder_depth)
         root_params = self.params_total() - sum(u.params for u in out)
         root_fwd = total_fwd - sum(u.fwd_flops for u in out)
-        return [Unit("root", root_params, root_fwd, n + 1, dd, 0)] + out
+        return (Unit("root", root_params, root_fwd, n + 1, dd, 0), *out)
 
     def params_total(self) -> int:
         """Encoder + decoder parameters of the MAE (what FSDP shards and Adam updates)."""
@@ -119,3 +123,10 @@ class Workload:
     def checkpointed(self, i_block: int) -> bool:
         k = self.activation_checkpointing
         return k > 0 and i_block % k == 0
+
+
+@lru_cache(maxsize=4096)
+def _units(w: Workload) -> tuple[Unit, ...]:
+    """``Workload.units`` of one (immutable, hashable) workload, computed once: the planner's calibration and
+    sensitivity sweeps ask for the same workloads' units many times."""
+    return w._units()
