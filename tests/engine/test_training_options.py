@@ -7,28 +7,38 @@ import pytest
 from enginelib import losses, run_ranks
 
 
+OPTIONS = [{"grad_accum": 2}, {"activation_checkpointing": 1}, {"activation_checkpointing": 2, "grad_accum": 4}]
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def option_runs(tmp_path_factory):
+    """The plain run and one run per option, one after another in one process (one start for all four)."""
     from enginelib import TINY
 
-    out = tmp_path_factory.mktemp("ref")
-    run_ranks(1, {"mode": "train", "cfg": {**TINY, "steps": 4, "strategy": "NO_SHARD"}, "out": str(out)})
-    return losses(out)
+    root = tmp_path_factory.mktemp("options")
+    runs = [{"cfg": {**TINY, "steps": 4, "strategy": "NO_SHARD"}, "out": str(root / "ref")}]
+    runs += [{"cfg": {**TINY, "steps": 4, "strategy": "NO_SHARD", **o}, "out": str(root / str(i)),
+              "record_compute": str(root / str(i) / "compute")} for i, o in enumerate(OPTIONS)]
+    run_ranks(1, {"mode": "train", "runs": runs})
+    return root
 
 
-@pytest.mark.parametrize("option", [{"grad_accum": 2}, {"activation_checkpointing": 1},
-                                    {"activation_checkpointing": 2, "grad_accum": 4}])
-def test_option_keeps_losses(option, reference, tiny, tmp_path):
+@pytest.fixture(scope="module")
+def reference(option_runs):
+    return losses(option_runs / "ref")
+
+
+@pytest.mark.parametrize("i", range(len(OPTIONS)))
+def test_option_keeps_losses(i, reference, option_runs, tiny):
     """The losses stay those of the plain run, and the option is really applied: with grad_accum g every step
     runs g forwards of batch / g images; a checkpointed block (every ``activation_checkpointing``-th of each
     stack, from the first) runs its forward again in backward, the others once."""
-    run_ranks(1, {"mode": "train", "cfg": {**tiny, "steps": 4, "strategy": "NO_SHARD", **option},
-                  "out": str(tmp_path), "record_compute": str(tmp_path / "compute")})
-    got = losses(tmp_path)
+    option, out = OPTIONS[i], option_runs / str(i)
+    got = losses(out)
     for s, v in reference.items():
         assert got[s] == pytest.approx(v, rel=1e-4, abs=1e-5), (option, s)
     accum, every = option.get("grad_accum", 1), option.get("activation_checkpointing", 0)
-    attn = json.loads((tmp_path / "compute.0.json").read_text())["attn"]
+    attn = json.loads((out / "compute.0.json").read_text())["attn"]
     assert sorted(attn) == ["0.0", "0.1", "1.0"]  # test_micro: 2 encoder blocks, 1 decoder block
     for key, sizes in attn.items():
         runs = 2 if every and int(key.split(".")[1]) % every == 0 else 1

@@ -3,8 +3,8 @@ environment by ``enginelib.run_ranks``, or under torchrun).
 
 ``{"mode": "train", "cfg": {...TrainConfig...}, "out": dir}`` runs pretraining (``"kill_at_step": k``: each
 rank SIGKILLs itself as it starts step k; ``"record_dtypes": path``: see :func:`_record_dtypes`;
-``"record_layout": path``: see :func:`_record_layout`); ``{"mode": "train", "runs": [{"cfg", "out",
-"record_layout", "master_port"}, ...]}`` runs several one after another in the same ranks, each in its own
+``"record_layout"``, ``"record_compute"``: see :func:`_record_layout`, :func:`_record_compute`); ``{"mode": "train", "runs": [{"cfg", "out",
+"record_layout", "record_compute", "master_port"}, ...]}`` runs several one after another in the same ranks, each in its own
 process group on its own port;
 ``{"mode": "meta", "model": name, "image_size": n, "strategy": s}`` reports per-rank parameter memory;
 ``{"mode": "prefetch", "depths": [[b, f], ...], "out": prefix}`` records the order of FSDP2 all-gathers
@@ -28,8 +28,6 @@ def main():
             _sigkill_at_step(int(args["kill_at_step"]))
         if args.get("record_dtypes"):
             _record_dtypes(args["record_dtypes"])
-        if args.get("record_compute"):
-            _record_compute(args["record_compute"])
 
         # "runs": several pretraining runs one after another in the same ranks (each its own process group, as
         # train() makes and ends one): the rank processes start once for all of them
@@ -38,14 +36,16 @@ def main():
                 import os
 
                 os.environ["MASTER_PORT"] = str(run["master_port"])
-            finish = _record_layout(run["record_layout"]) if run.get("record_layout") else (lambda: None)
+            finish = [rec(run[key]) for key, rec in (("record_layout", _record_layout),
+                                                     ("record_compute", _record_compute)) if run.get(key)]
             try:
                 train(TrainConfig.from_dict(run["cfg"]), run["out"])
             except WalltimeStop as exc:  # what `geofm pretrain` does: say so, exit 75 for a resubmission
                 print(f"walltime stop: {exc}", flush=True)
                 sys.exit(WalltimeStop.EXIT_CODE)
             finally:
-                finish()
+                for f in finish:
+                    f()
         return
     from torch.distributed.tensor import DTensor
 
@@ -87,12 +87,12 @@ def _sigkill_at_step(step: int) -> None:
     pretrain.train_step = step_or_die
 
 
-def _record_compute(path: str) -> None:
-    """Record what a pretraining run computes; the rank writes ``<path>.<rank>.json`` at exit: ``attn``:
+def _record_compute(path: str):
+    """Record what a pretraining run computes; returns ``finish``, which writes the rank's ``<path>.<rank>.json``
+    and removes the recording (call it after the run): ``attn``:
     for each transformer block (``"<stack>.<block>"``, encoder stack 0), the batch size of every forward of
     its attention (a checkpointed block runs it again in backward); ``lr``: the learning rate of each
     param group at every ``AdamW.step`` (what the optimizer really used)."""
-    import atexit
     import os
 
     import torch
@@ -117,12 +117,13 @@ def _record_compute(path: str) -> None:
         seen["lr"].append([g["lr"] for g in self.param_groups])
         return real_step(self, *a, **k)
 
-    def write():
+    def finish():
+        pretrain.build_model, torch.optim.AdamW.step = real_build, real_step
         with open(f"{path}.{os.environ.get('RANK', '0')}.json", "w") as fh:
             json.dump(seen, fh)
 
     pretrain.build_model, torch.optim.AdamW.step = build_model, adamw_step
-    atexit.register(write)
+    return finish
 
 
 def _record_layout(path: str):
