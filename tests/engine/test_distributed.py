@@ -45,8 +45,11 @@ def strategy_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("strategies")
     from enginelib import free_port
 
+    ports: set[int] = set()
+    while len(ports) < len(STRATEGIES):  # distinct: a second process group on the same port would hang
+        ports.add(free_port())
     runs = [{"cfg": _strategy_cfg(s), "out": str(root / s), "record_layout": str(root / s / "layout"),
-             "master_port": free_port()} for s in STRATEGIES]
+             "master_port": p} for s, p in zip(STRATEGIES, sorted(ports))]
     run_ranks(2, {"mode": "train", "runs": runs}, timeout=600)
     return root
 
