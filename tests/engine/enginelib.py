@@ -52,17 +52,19 @@ def _wait_ranks(procs: list[subprocess.Popen], timeout: int) -> tuple[int, str]:
         t.start()
     deadline, rc = time.monotonic() + timeout, 0
     try:
-        while any(p.poll() is None for p in procs):
-            failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
+        while True:
+            states = [p.poll() for p in procs]  # every rank, each pass: any() would stop at the first running one
+            if all(s is not None for s in states):
+                break
+            failed = [s for s in states if s not in (None, 0)]
             if failed or time.monotonic() > deadline:
                 rc = failed[0] if failed else 124
-                for p in procs:
-                    if p.poll() is None:
-                        os.killpg(p.pid, signal.SIGKILL)
                 break
             time.sleep(0.05)
-    finally:
+    finally:  # also on an interrupt: the ranks have their own sessions, a terminal's SIGINT does not reach them
         for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
             p.wait()
         for t in readers:
             t.join(10)

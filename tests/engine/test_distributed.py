@@ -183,3 +183,23 @@ def test_meta_init_shards_parameters(tmp_path):
         assert abs(r["local"] - total / 2) / total < 0.01
         # resident growth stays well below the full fp32 model (4 bytes/param)
         assert r["rss_growth_mb"] < 0.8 * total * 4 / 2**20, r
+
+
+def test_a_failing_rank_takes_the_others_down():
+    """The tests' launcher (enginelib): a rank that exits non-zero while another still runs (say, in a
+    collective that would wait for gloo's timeout) ends the launch at once with that rank's status and output."""
+    import subprocess
+    import sys
+    import time
+
+    from enginelib import _wait_ranks
+
+    def start(code):
+        return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+
+    procs = [start("import time; time.sleep(60)"), start("import sys, time; time.sleep(0.3); print('boom'); sys.exit(3)")]
+    t0 = time.monotonic()
+    rc, text = _wait_ranks(procs, timeout=50)
+    assert (rc, "boom" in text) == (3, True) and time.monotonic() - t0 < 20
+    assert [p.returncode for p in procs][1] == 3 and procs[0].returncode != 0  # the sleeper was killed

@@ -44,7 +44,7 @@ def main():
                 print(f"walltime stop: {exc}", flush=True)
                 sys.exit(WalltimeStop.EXIT_CODE)
             finally:
-                for f in finish:
+                for f in reversed(finish):  # the last recorder installed is removed first
                     f()
         return
     from torch.distributed.tensor import DTensor
