@@ -25,7 +25,8 @@ def _env() -> dict:
 
 def _start_ranks(nprocs: int, argv: list[str], env: dict) -> list[subprocess.Popen]:
     """The ranks as plain processes with torchrun's environment contract (RANK, LOCAL_RANK, WORLD_SIZE,
-    LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT): what geofm.distributed.launch.detect reads, with rank 0 hosting
+    LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT; torch/distributed/run.py's module docstring lists what torchrun
+    sets for its workers): what geofm.distributed.launch.detect reads, with rank 0 hosting
     the TCP store as under srun. torchrun itself (its agent imports torch first: about 2 s on these machines
     before a rank starts) is kept for the tests of what torchrun does: a signal to one rank, a SIGKILL."""
     port = str(free_port())

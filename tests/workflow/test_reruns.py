@@ -148,7 +148,8 @@ def test_forcerun_pretrain_retrains_and_protected_encoders_stay(study, tmp_path)
     other = proj / "results/pretrain/demo_tiny/encoder.pt"
     other_stamp = other.stat().st_mtime_ns
     # the target goes before the options: --forcerun, --config and --configfile take any number of values and
-    # would swallow it (then the default target runs: every model's pretraining is forced)
+    # would swallow it (then the default target runs: every model's pretraining is forced). Snakemake 9.27's
+    # snakemake/cli.py: add_argument("--forcerun", nargs="*"), "--config" nargs="*", "--configfile" nargs="+"
     snakemake(proj, target, "--configfile", "tiny.yaml", *protect, "--forcerun", "pretrain")
     assert other.stat().st_mtime_ns == other_stamp  # only the target's pretraining ran
     out = proj / "results/pretrain/test_micro"
