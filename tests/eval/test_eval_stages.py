@@ -190,6 +190,25 @@ def test_feature_cache_reused(env, monkeypatch):
     assert second["pretrained"]["top1"] == first["pretrained"]["top1"]
 
 
+def test_features_cached_under_another_pooling_definition_are_not_reused(env, monkeypatch):
+    """``mean`` changed meaning once (the mean of the normed tokens, then MAE's global pool): the cache key
+    carries the definition (``geofm.models.mae.POOLING``), so features of the old one are recomputed."""
+    cfg, root, enc_path, _ = env
+    out = root / "eval" / "knn" / "standin" / "fix.json"
+    stages.run_evaluate(cfg, "knn", "standin", "fix", enc_path, out)
+    calls = []
+    plain = StandIn.forward_features
+
+    def counting(self, x, pool="mean"):
+        calls.append(pool)
+        return plain(self, x, pool)
+
+    monkeypatch.setattr(StandIn, "forward_features", counting)
+    monkeypatch.setattr(stages, "POOLING", {**stages.POOLING, "mean": "a later definition"})
+    stages.run_evaluate(cfg, "knn", "standin", "fix", enc_path, out)
+    assert calls and set(calls) == {"mean"}
+
+
 def test_unknown_protocol(env):
     cfg, root, enc_path, _ = env
     with pytest.raises(ValueError, match="bogus"):

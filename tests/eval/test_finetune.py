@@ -126,3 +126,12 @@ def test_layer_decay_and_mixup_reach_the_optimizer_and_the_batches(monkeypatch):
             assert all(lr == pytest.approx(want * scale) for lr, scale in groups), (it, groups)
             assert {scale for _, scale in groups} == {1.0, 0.5, 0.25, 0.125}
         assert draws == pytest.approx([0.2] * 4 if mixup else []), (mixup, draws)
+
+
+@pytest.mark.parametrize("pool", ["mean", "cls"])
+def test_every_classifier_parameter_gets_a_gradient(pool):
+    """DDP (``finetune_strategy: DDP``) fails on parameters that never get a gradient. MAE's global pool
+    does not use the encoder's final norm, so the classifier drops it (MAE: ``del self.norm``)."""
+    model = Classifier(build_encoder("test_micro", 16, 3, seed=0), 5, pool)
+    model(torch.randn(3, 3, 16, 16)).sum().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []

@@ -169,3 +169,36 @@ def test_pretraining_reads_every_split_where_the_tiler_says_so(tmp_path):
     (d / "stats.json").write_text(json.dumps({**st, "pretrain_split": None}))
     assert _pretrain_split(str(d)) is None
     assert _pretrain_split("synthetic") == "train"
+
+
+@pytest.mark.parametrize("pool,timm_pool", [("mean", "avg"), ("cls", "token")])
+def test_pooled_features_are_maes_against_timm(pool, timm_pool):
+    """MAE's models_vit.VisionTransformer (facebookresearch/mae): ``global_pool=True`` deletes the final
+    norm and returns ``fc_norm(x[:, 1:].mean(1))``, a fresh LayerNorm (eps 1e-6) that its linear probe
+    leaves at initialisation; otherwise ``norm(x)[:, 0]``. timm's VisionTransformer computes the same with
+    ``global_pool="avg"`` (norm = Identity, fc_norm = LayerNorm) and ``"token"``: the encoder's weights in
+    a timm ViT must give the same features. (Red with the mean of the normed tokens, the old "mean".)"""
+    from functools import partial
+
+    from timm.models.vision_transformer import VisionTransformer
+
+    from geofm.models import build_encoder
+
+    enc = build_encoder("demo_tiny", 32, 3, seed=3).eval()
+    with torch.no_grad():  # a final norm that is not the identity, as after pretraining
+        g = torch.Generator().manual_seed(0)
+        enc.norm.weight.copy_(1 + 0.5 * torch.randn(enc.norm.weight.shape, generator=g))
+        enc.norm.bias.copy_(0.3 * torch.randn(enc.norm.bias.shape, generator=g))
+    s = enc.spec
+    ref = VisionTransformer(img_size=32, patch_size=s.patch, embed_dim=s.width, depth=s.depth, num_heads=s.heads,
+                            mlp_ratio=s.mlp / s.width, qkv_bias=True, num_classes=0, global_pool=timm_pool,
+                            norm_layer=partial(nn.LayerNorm, eps=1e-6)).eval()
+    state = {k: v for k, v in enc.state_dict().items() if not (pool == "mean" and k.startswith("norm."))}
+    state["pos_embed"] = enc.pos_embed.detach().clone()
+    missing, unexpected = ref.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) == ({"fc_norm.weight", "fc_norm.bias"} if pool == "mean" else set())
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = enc.forward_features(x, pool=pool)
+        theirs = ref.forward_head(ref.forward_features(x), pre_logits=True)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)

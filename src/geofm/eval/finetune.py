@@ -104,6 +104,8 @@ class Classifier(nn.Module):
             raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
         if head_norm not in ("layernorm", "batchnorm"):
             raise ValueError(f"head_norm must be 'layernorm' or 'batchnorm', got {head_norm!r}")
+        if pool == "mean":  # MAE deletes the final norm for its global pool (models_vit.py): unused, it
+            encoder.norm = nn.Identity()  # would leave DDP with parameters that never get a gradient
         self.encoder, self.pool = encoder, pool
         dim = int(encoder.width)
         self.fc_norm = (nn.LayerNorm(dim, eps=1e-6) if head_norm == "layernorm"

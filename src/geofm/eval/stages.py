@@ -54,6 +54,7 @@ from geofm.eval.knn import knn_scores
 from geofm.eval.linprobe import fit_logreg, fit_logreg_cv, predict_scores, train_linear_probe
 from geofm.config import digest, rule_params
 from geofm.eval.metrics import paired_top1, summarize
+from geofm.models.mae import POOLING
 from geofm.provenance import provenance
 
 PROTOCOLS = ("linprobe", "knn", "finetune")
@@ -318,7 +319,7 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
     st = encoder_path.stat()
     stats_file = tiles_dir / "stats.json"
     fprec = str(ev["feature_precision"])
-    tiles_id = {"image_size": image_size, "pool": pool, "crop_pct": crop_pct, "norm": [mean, std],
+    tiles_id = {"image_size": image_size, "pool": pool, "pooling": POOLING[pool], "crop_pct": crop_pct, "norm": [mean, std],
                 "train_ratio": train_ratio, "precision": fprec,
                 "tiles_mtime_ns": stats_file.stat().st_mtime_ns if stats_file.exists() else None}
     fingerprints = {  # cached features are reused only for the same encoder file and the same tiles

@@ -17,6 +17,7 @@ from functools import partial
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
@@ -44,6 +45,10 @@ def sincos_pos_embed(dim: int, grid: int, cls_token: bool = True) -> torch.Tenso
 # MAE's norm_layer=partial(nn.LayerNorm, eps=1e-6) in every block, encoder and decoder (models_mae.py);
 # timm's Block would otherwise use nn.LayerNorm's default eps=1e-5
 layer_norm = partial(nn.LayerNorm, eps=1e-6)
+FC_NORM_EPS = 1e-6  # MAE's fc_norm of the global pool: norm_layer(embed_dim), the same eps
+# what ViTEncoder.forward_features computes per pool; cached features carry it in their key, so features
+# computed under another definition (before 2026-12-06 "mean" averaged the normed tokens) are not reused
+POOLING = {"mean": "mae-global-pool", "cls": "cls-after-norm"}
 
 
 class ViTEncoder(nn.Module):
@@ -80,13 +85,21 @@ class ViTEncoder(nn.Module):
         cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
         return torch.cat([cls.to(x.dtype), x], dim=1)
 
-    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run_blocks(self.with_cls(self.embed(x)))
-
     def forward_features(self, x: torch.Tensor, pool: str = "mean") -> torch.Tensor:
-        """Pooled features (B, width): mean of the patch tokens (``pool="mean"``) or the cls token."""
-        tokens = self.forward_tokens(x)
-        return tokens[:, 1:].mean(dim=1) if pool == "mean" else tokens[:, 0]
+        """Pooled features (B, width), as MAE's ``models_vit.VisionTransformer.forward_features`` pools:
+
+        - ``pool="mean"``, MAE's global pool (``global_pool=True``): the mean of the patch tokens as the last
+          block leaves them (MAE deletes the final ``norm`` for it), through a fresh LayerNorm (``fc_norm``,
+          eps 1e-6) at its initialisation, unit weight and zero bias, which is where MAE's linear probe
+          leaves it (``main_linprobe.py`` trains the head only);
+        - ``pool="cls"``: the cls token after the final ``norm``."""
+        tokens = self.with_cls(self.embed(x))
+        for blk in self.blocks:
+            tokens = blk(tokens)
+        if pool == "mean":
+            pooled = tokens[:, 1:].mean(dim=1)
+            return F.layer_norm(pooled, pooled.shape[-1:], eps=FC_NORM_EPS)
+        return self.norm(tokens)[:, 0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)
