@@ -232,6 +232,11 @@ def validate(cfg: dict, source: str = "config") -> dict:
         if p["batch_size"] % (p["nodes"] * p["procs_per_node"] * p["grad_accum"]):
             raise ConfigError(f"{source}: pretrain.batch_size {p['batch_size']} is not divisible by {m}'s "
                               f"{p['nodes']} nodes x {p['procs_per_node']} ranks x grad_accum {p['grad_accum']}")
+        lo, hi = p["crop_scale"]
+        if lo > hi:
+            own = (cfg["pretrain"].get("per_model") or {}).get(m) or {}
+            key = f"pretrain.per_model.{m}.crop_scale" if "crop_scale" in own else "pretrain.crop_scale"
+            raise ConfigError(f"{source}: {key} {[lo, hi]} must be [min, max] with min <= max")
     prof = cfg["profile"]
     for vname, v in prof["variants"].items():
         for key in ("models", "strategies", "nodes"):
@@ -425,6 +430,8 @@ def unset_default(props: dict, key: str, value) -> bool:
     """True for a key marked ``x-omit-default`` in the schema that holds its default: such a key is left out of
     params and of the checkpoint fingerprint, so that adding it to the schema reran nothing."""
     p = props.get(key) or {}
+    if isinstance(value, tuple):  # a dataclass's tuple of a YAML list (TrainConfig.crop_scale)
+        value = list(value)
     return bool(p.get("x-omit-default")) and value == p.get("default")
 
 

@@ -155,6 +155,27 @@ def test_rot90_turns_each_view_after_the_same_crop_and_flip(scene_tiles):
     assert counts.numel() == 8 and (counts > 1280 * 0.9).all() and (counts < 1280 * 1.1).all(), counts
 
 
+def test_crop_scale_reaches_the_views(scene_tiles):
+    """pretrain.crop_scale: the loader's views are the sampler's crops of that area range (MAE's (0.2, 1.0) by
+    default), the same boxes on every device stage; a range outside (0, 1] or reversed is refused."""
+    from geofm.data.augment import normalize
+
+    plain = StepBatches(scene_tiles, 16, 24, seed=5, split="train", steps=2)
+    mild = StepBatches(scene_tiles, 16, 24, seed=5, split="train", steps=2, crop_scale=(0.6, 0.7))
+    for step in range(2):
+        x = mild.ds.get_batch(mild.indices(step))
+        boxes, flips = mild.sampler.crops(step, x.shape[-2], x.shape[-1], (0.6, 0.7))
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / (x.shape[-2] * x.shape[-1])
+        assert (area >= 0.6 - 1e-4).all() and (area <= 0.7 + 1e-4).all()
+        want = normalize(resized_crop(x, boxes, 24, flips), mild.mean255, mild.inv_std255)
+        assert torch.equal(mild.batch(step), want) and not torch.equal(plain.batch(step), want)
+        dev = StepBatches(scene_tiles, 16, 24, seed=5, split="train", steps=2, crop_scale=(0.6, 0.7),
+                          augment_on_device="all").batch(step).finish()
+        assert torch.equal(dev, want)
+    with pytest.raises(ValueError, match="crop scale"):
+        StepBatches(scene_tiles, 16, 24, seed=5, split="train", steps=2, crop_scale=(0.7, 0.6))
+
+
 def test_pretraining_sees_the_turned_views(scene_tiles, tmp_path):
     """augment_rot90 in a TrainConfig reaches the trainer's loader: the same seed trains on other views (other
     losses from the first step); false is the default."""
@@ -174,3 +195,5 @@ def test_pretraining_sees_the_turned_views(scene_tiles, tmp_path):
         first_losses("turned", augment_rot90=True)
     assert plain == again and len(turned) == len(plain) == 2
     assert turned[0] != plain[0]
+    # pretrain.crop_scale reaches the trainer's loader too (MAE's range is the default)
+    assert first_losses("mae_range", crop_scale=[0.2, 1.0]) == plain != first_losses("milder", crop_scale=[0.9, 1.0])

@@ -92,6 +92,8 @@ def touched(before, after) -> set:
     # quarter turns in pretraining: the pretraining jobs and the profile cells (the loader's work)
     ("pretrain.augment_rot90", True, {"pretrain", "profile", "profile_ac"}),
     ("pretrain.per_model", {"demo_tiny": {"augment_rot90": True}}, {"pretrain"}),
+    ("pretrain.crop_scale", [0.5, 1.0], {"pretrain", "profile", "profile_ac"}),
+    ("pretrain.per_model", {"demo_base": {"crop_scale": [0.5, 1.0]}}, {"profile", "profile_ac"}),
 ])
 def test_a_key_is_in_the_params_of_exactly_the_jobs_it_determines(demo, path, value, jobs):
     assert touched(demo, changed(demo, path, value)) == jobs
@@ -161,6 +163,10 @@ def test_config_errors_are_short_and_name_the_key(demo):
     lines = str(err.value).splitlines()
     assert len(lines) == 3 and "pretrain.steps: 0 is not allowed" in lines[0] and "integer >= 1" in lines[1]
     assert "2 more: pretrain.strategy, seed" in lines[2]
+    for over, key in (({"crop_scale": [0.9, 0.5]}, "pretrain.crop_scale"),
+                      ({"per_model": {"demo_tiny": {"crop_scale": [0.6, 0.5]}}}, "pretrain.per_model.demo_tiny.crop_scale")):
+        with pytest.raises(ConfigError, match=rf"{key} \[0\.\d, 0\.5\] must be \[min, max\] with min <= max"):
+            validate(deep_update(demo, {"pretrain": over}))
 
 
 @pytest.mark.parametrize("stage", list(cli.STAGES))
@@ -195,32 +201,33 @@ def test_a_models_own_recipe_reaches_its_training_and_fingerprint_only(demo):
     assert fingerprint(tc(own, "demo_tiny")) == fingerprint(tc(demo, "demo_tiny"))
 
 
-def test_a_key_added_at_its_old_behaviour_reruns_and_moves_nothing(demo, monkeypatch):
-    """pretrain.augment_rot90 (x-omit-default) at its default, false: every job's params and the checkpoint
-    fingerprint are those of the code before the key existed (its TrainConfig without the field), so an existing
-    study reruns nothing and resumes its checkpoints; set, it is in both."""
+@pytest.mark.parametrize("key, value", [("augment_rot90", True), ("crop_scale", [0.5, 1.0])])
+def test_a_key_added_at_its_old_behaviour_reruns_and_moves_nothing(demo, monkeypatch, key, value):
+    """pretrain.augment_rot90 and pretrain.crop_scale (x-omit-default) at their defaults (false; MAE's
+    [0.2, 1.0]): every job's params and the checkpoint fingerprint are those of the code before the key existed
+    (its TrainConfig without the field), so an existing study reruns nothing and resumes its checkpoints; set,
+    it is in both."""
     import dataclasses
 
     from geofm.cli import _train_config
     from geofm.config import pretrain_settings
     from geofm.train import fingerprint as fpmod
 
-    before = {k: v for k, v in demo["pretrain"].items() if k != "augment_rot90"}  # a config of before the key
+    before = {k: v for k, v in demo["pretrain"].items() if k != key}  # a config of before the key
     old = {**demo, "pretrain": before}
     for job, kw in JOBS.items():
         rule = {"knn": "evaluate", "linprobe": "evaluate", "profile_ac": "profile"}.get(job, job)
         assert rule_params(demo, rule, **kw) == rule_params(old, rule, **kw), job
     assert rule_params(demo, "plan") == rule_params(old, "plan")
-    assert "augment_rot90" in rule_params(changed(demo, "pretrain.augment_rot90", True), "pretrain",
-                                          model="demo_tiny")["pretrain"]
+    assert key in rule_params(changed(demo, f"pretrain.{key}", value), "pretrain", model="demo_tiny")["pretrain"]
 
     def tc(cfg):
         return _train_config(cfg, "demo_tiny", "synthetic", pretrain_settings(cfg, "demo_tiny"))
 
-    now, turned = fpmod.fingerprint(tc(demo)), fpmod.fingerprint(tc(changed(demo, "pretrain.augment_rot90", True)))
+    now, turned = fpmod.fingerprint(tc(demo)), fpmod.fingerprint(tc(changed(demo, f"pretrain.{key}", value)))
     real_asdict = dataclasses.asdict
     monkeypatch.setattr(fpmod.dataclasses, "asdict", lambda obj: {k: v for k, v in real_asdict(obj).items()
-                                                                   if k != "augment_rot90"})
+                                                                   if k != key})
     assert fpmod.fingerprint(tc(demo)) == now != turned  # the old TrainConfig's fingerprint
 
 

@@ -31,12 +31,16 @@ class StepBatches(torch.utils.data.Dataset):
 
     def __init__(self, source: str | Path, global_batch: int, image_size: int, rank: int = 0, world: int = 1,
                  seed: int = 0, augment: bool = True, in_chans: int = 3, split: str | None = "train",
-                 start: int = 0, steps: int = 0, augment_on_device="none", rot90: bool = False):
+                 start: int = 0, steps: int = 0, augment_on_device="none", rot90: bool = False,
+                 crop_scale=(0.2, 1.0)):
         if global_batch % world:
             raise ValueError(f"global batch {global_batch} is not divisible by the world size {world}")
         self.global_batch, self.image_size, self.rank, self.world = global_batch, image_size, rank, world
         self.seed, self.augment, self.start, self.steps = seed, augment, start, steps
         self.rot90 = bool(rot90)  # quarter turns after MAE's crop and flip (pretrain.augment_rot90)
+        self.crop_scale = tuple(float(v) for v in crop_scale)  # the crop's area fraction (pretrain.crop_scale)
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError(f"crop scale {list(self.crop_scale)} must be (min, max) with 0 < min <= max <= 1")
         self.device_stage = parse_device_stage(augment_on_device)
         self.synthetic = str(source) == "synthetic"
         if self.synthetic:  # one fixed batch (the paper's synthetic mode); only this rank's rows are drawn
@@ -76,7 +80,7 @@ class StepBatches(torch.utils.data.Dataset):
         x = self.ds.get_batch(self.indices(step))  # uint8 B x C x S x S
         boxes = flips = turns = None
         if self.augment:
-            boxes, flips = self.sampler.crops(step, x.shape[-2], x.shape[-1])
+            boxes, flips = self.sampler.crops(step, x.shape[-2], x.shape[-1], self.crop_scale)
             if self.rot90:
                 turns = self.sampler.turns(step)
         if self.device_stage == "all":

@@ -203,7 +203,7 @@ def profile_run(cfg: TrainConfig, nodes: int, warmup_steps: int, steps: int, dev
     total = warmup_steps + steps
     data = StepBatches(cfg.data, cfg.batch_size, cfg.image_size, rank, world, cfg.seed, cfg.augment,
                        cfg.in_chans, start=0, steps=total + 1, augment_on_device=cfg.augment_on_device,
-                       rot90=cfg.augment_rot90)  # + the profiled step
+                       rot90=cfg.augment_rot90, crop_scale=cfg.crop_scale)  # + the profiled step
     # the loader's own rate, on the main process, before training
     t = time.perf_counter()
     nb = min(3, total)

@@ -80,6 +80,7 @@ class TrainConfig:
     augment: bool = _default("augment")
     augment_on_device: str = _default("augment_on_device")
     augment_rot90: bool = _default("augment_rot90")
+    crop_scale: tuple = tuple(_default("crop_scale"))
     num_workers: int = _default("num_workers")
     checkpoint_every: int = _default("checkpoint_every")
     keep_last: int = _default("keep_last")
@@ -99,8 +100,9 @@ class TrainConfig:
         if unknown:
             raise KeyError(f"unknown pretraining option(s): {', '.join(unknown)}")
         d = dict(d)
-        if "betas" in d:
-            d["betas"] = tuple(d["betas"])
+        for key in ("betas", "crop_scale"):
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(**d)
 
 
@@ -194,7 +196,8 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     writer = metrics.MetricsWriter(metrics_path, enabled=de.is_main, append=start > 0)
     data = StepBatches(cfg.data, cfg.batch_size, cfg.image_size, rank, world, cfg.seed, cfg.augment,
                        cfg.in_chans, split=_pretrain_split(cfg.data), start=start, steps=cfg.steps,
-                       augment_on_device=cfg.augment_on_device, rot90=cfg.augment_rot90)
+                       augment_on_device=cfg.augment_on_device, rot90=cfg.augment_rot90,
+                       crop_scale=cfg.crop_scale)
     if data.in_chans != cfg.in_chans:
         raise ValueError(f"{cfg.data}: tiles have {data.in_chans} bands but the model was built for {cfg.in_chans}")
     loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=cfg.num_workers,
