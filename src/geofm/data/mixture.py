@@ -47,7 +47,10 @@ def tile_mixture_parts(b, cfg: dict, part_dirs: dict[str, Path], chunk: int = 51
     if not parts:
         raise DataError(f"dataset {name!r}: a mixture needs 'parts: {{dataset: train | all, ...}}'")
     counts, bands = {}, None
-    for part, which in parts.items():
+    # in name order, not the YAML's: the workflow hands each stage its config with sorted keys
+    # (workflow/rules/common.smk), and a stage run by hand on the same config must tile the same mixture (the
+    # order of its tiles is the pretraining's sample order, its statistics the normalisation)
+    for part, which in sorted(parts.items()):
         if which not in PART_SPLITS:
             raise DataError(f"dataset {name!r}: parts.{part} must be one of {PART_SPLITS}, got {which!r}")
         d = Path(part_dirs[part])
