@@ -11,8 +11,9 @@ when the stored key equals the requested one (model, step, dataset, split plus w
 e.g. the encoder file's size and mtime) and the row count matches; otherwise it is recomputed and
 rewritten atomically.
 
-Pooling: ``pool="mean"`` (MAE's global pool: the mean of the last block's patch tokens, layer-normed; the default here) or ``"cls"`` (the cls token) is passed
-to ``forward_features(x, pool=...)``; it belongs in the cache key (and a non-mean pool in the file name).
+Pooling: ``pool="mean"`` (MAE's global pool: the mean of the last block's patch tokens, layer-normed; the
+default here) or ``"cls"`` (the cls token) is passed to ``forward_features(x, pool=...)``; it belongs in the
+cache key (and a non-mean pool in the file name).
 
 Several processes: when ``torch.distributed`` is initialised with more than one rank, rank ``r`` runs the
 encoder on rows ``[r·m, (r+1)·m)`` (``m = ceil(N / W)``, the last slice padded by repeating a row so that

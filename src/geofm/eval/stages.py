@@ -319,8 +319,8 @@ def _run_evaluate(cfg, ev, protocol, model, dataset, encoder_path, out_json, poo
     st = encoder_path.stat()
     stats_file = tiles_dir / "stats.json"
     fprec = str(ev["feature_precision"])
-    tiles_id = {"image_size": image_size, "pool": pool, "pooling": POOLING[pool], "crop_pct": crop_pct, "norm": [mean, std],
-                "train_ratio": train_ratio, "precision": fprec,
+    tiles_id = {"image_size": image_size, "pool": pool, "pooling": POOLING[pool], "crop_pct": crop_pct,
+                "norm": [mean, std], "train_ratio": train_ratio, "precision": fprec,
                 "tiles_mtime_ns": stats_file.stat().st_mtime_ns if stats_file.exists() else None}
     fingerprints = {  # cached features are reused only for the same encoder file and the same tiles
         "pretrained": (step, {**tiles_id, "encoder_bytes": st.st_size, "encoder_mtime_ns": st.st_mtime_ns}),
