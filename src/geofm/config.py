@@ -232,7 +232,8 @@ def validate(cfg: dict, source: str = "config") -> dict:
         if p["batch_size"] % (p["nodes"] * p["procs_per_node"] * p["grad_accum"]):
             raise ConfigError(f"{source}: pretrain.batch_size {p['batch_size']} is not divisible by {m}'s "
                               f"{p['nodes']} nodes x {p['procs_per_node']} ranks x grad_accum {p['grad_accum']}")
-        lo, hi = p["crop_scale"]
+    for m in dict.fromkeys([*cfg["models"], *cfg["profile"]["models"]]):  # a profile cell's loader reads it too
+        lo, hi = pretrain_settings(cfg, m)["crop_scale"]
         if lo > hi:
             own = (cfg["pretrain"].get("per_model") or {}).get(m) or {}
             key = f"pretrain.per_model.{m}.crop_scale" if "crop_scale" in own else "pretrain.crop_scale"
@@ -507,6 +508,10 @@ def rule_params(cfg: dict, rule: str, dataset: str | None = None, model: str | N
               if protocol in (props.get(k) or {}).get("x-protocol", [protocol])}
         if not isinstance(ev.get("logreg_l2"), list):  # folds matter only to a cross-validated penalty
             ev.pop("logreg_cv_folds", None)
+        if ev.get("pool") == "mean":  # its definition changed once (geofm.models.registry.POOLING): those jobs
+            from .models.registry import POOLING  # rerun; the cls token's kept its params
+
+            ev["pooling"] = POOLING["mean"]
         out = {"protocol": protocol, "model": model, "dataset": dataset, "image_size": cfg["image_size"],
                "seed": cfg["seed"], "evaluate": ev}
         if train_ratio is not None:  # one of datasets.<D>.train_ratios: this job's re-split ({D}.tr<percent>.json)

@@ -99,6 +99,25 @@ def test_a_key_is_in_the_params_of_exactly_the_jobs_it_determines(demo, path, va
     assert touched(demo, changed(demo, path, value)) == jobs
 
 
+def test_a_new_definition_of_the_mean_pool_reruns_the_mean_pooled_evaluations_only(demo, monkeypatch):
+    """``pool: mean`` changed meaning once (geofm.models.registry.POOLING): an evaluation made under the old one
+    must rerun, not stand beside the new results; the cls token's evaluations and every other job keep their
+    params. (Before, a results tree of the old definition reported "nothing to be done".)"""
+    from geofm.models import registry
+
+    cls = changed(demo, "evaluate.per_model", {"demo_tiny": {"pool": "cls"}})
+
+    def params(cfg):
+        return {job: rule_params(cfg, {"knn": "evaluate", "linprobe": "evaluate", "profile_ac": "profile"}.get(job, job),
+                                 **kw) for job, kw in JOBS.items()}
+
+    mean_before, cls_before = params(demo), params(cls)
+    monkeypatch.setattr(registry, "POOLING", {**registry.POOLING, "mean": "another definition"})
+    mean_after, cls_after = params(demo), params(cls)
+    assert {j for j in JOBS if mean_before[j] != mean_after[j]} == {"knn", "linprobe"}
+    assert cls_before == cls_after
+
+
 def test_cross_validation_folds_rerun_a_cross_validated_probe(demo):
     cv = changed(demo, "evaluate.logreg_l2", [1.0e-3, 0.1])
     assert touched(cv, changed(cv, "evaluate.logreg_cv_folds", 3)) == {"linprobe"}
@@ -167,6 +186,10 @@ def test_config_errors_are_short_and_name_the_key(demo):
                       ({"per_model": {"demo_tiny": {"crop_scale": [0.6, 0.5]}}}, "pretrain.per_model.demo_tiny.crop_scale")):
         with pytest.raises(ConfigError, match=rf"{key} \[0\.\d, 0\.5\] must be \[min, max\] with min <= max"):
             validate(deep_update(demo, {"pretrain": over}))
+    # a model that is only profiled: its profile cells' loader would fail at run time
+    with pytest.raises(ConfigError, match=r"pretrain.per_model.demo_base.crop_scale \[0\.6, 0\.5\]"):
+        validate(deep_update({**demo, "models": ["demo_tiny"]},
+                             {"pretrain": {"per_model": {"demo_base": {"crop_scale": [0.6, 0.5]}}}}))
 
 
 @pytest.mark.parametrize("stage", list(cli.STAGES))

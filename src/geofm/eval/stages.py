@@ -54,7 +54,7 @@ from geofm.eval.knn import knn_scores
 from geofm.eval.linprobe import fit_logreg, fit_logreg_cv, predict_scores, train_linear_probe
 from geofm.config import digest, rule_params
 from geofm.eval.metrics import paired_top1, summarize
-from geofm.models.mae import POOLING
+from geofm.models.registry import POOLING
 from geofm.provenance import provenance
 
 PROTOCOLS = ("linprobe", "knn", "finetune")

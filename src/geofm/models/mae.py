@@ -46,9 +46,6 @@ def sincos_pos_embed(dim: int, grid: int, cls_token: bool = True) -> torch.Tenso
 # timm's Block would otherwise use nn.LayerNorm's default eps=1e-5
 layer_norm = partial(nn.LayerNorm, eps=1e-6)
 FC_NORM_EPS = 1e-6  # MAE's fc_norm of the global pool: norm_layer(embed_dim), the same eps
-# what ViTEncoder.forward_features computes per pool; cached features carry it in their key, so features
-# computed under another definition (before 2026-12-06 "mean" averaged the normed tokens) are not reused
-POOLING = {"mean": "mae-global-pool", "cls": "cls-after-norm"}
 
 
 class ViTEncoder(nn.Module):

@@ -43,6 +43,11 @@ MODELS: dict[str, ViTSpec] = {
     "test_micro": ViTSpec(32, 2, 64, 2, 4, "test-32"),
 }
 
+# what ViTEncoder.forward_features computes for each evaluate.pool (here, torch-free, for the rules' params):
+# cached features carry it in their key and the evaluate jobs of a `mean` pool in their params, so results of
+# another definition (before 2026-12-06 "mean" averaged the normed tokens) are neither reused nor kept
+POOLING = {"mean": "mae-global-pool", "cls": "cls-after-norm"}
+
 PAPER_MODELS = ("vit_base", "vit_huge", "vit_1b", "vit_3b", "vit_5b", "vit_15b")
 
 
