@@ -50,6 +50,17 @@ def main():
         model, hist = finetune(build_encoder("test_micro", 16, 3, seed=3), x, y, 3, mean, std, 16, cfg, device=dev)
         out["ac_logits"] = extract_features(model, x, mean, std, 16, batch_size=4)
         out["ac_wrapped"] = torch.tensor(sum("CheckpointWrapper" in type(m).__name__ for m in model.modules()))
+    if "finetune_ddp" in modes:  # evaluate.finetune_strategy: DDP: replicas whose gradients are all-reduced
+        import torch.distributed as dist
+
+        cfg = FinetuneConfig(epochs=3, batch_size=8, base_lr=1e-2, drop_path=0.0, mixup=0.0, warmup_epochs=1,
+                             label_smoothing=0.1, layer_decay=0.75, augment=True, pool="mean", seed=0, strategy="DDP")
+        model, hist = finetune(build_encoder("test_micro", 16, 3, seed=3), x, y, 3, mean, std, 16, cfg, device=dev)
+        out["ddp_logits"] = extract_features(model, x, mean, std, 16, batch_size=4)
+        flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        every = [torch.empty_like(flat) for _ in range(de.world_size)]
+        dist.all_gather(every, flat)
+        out["ddp_replica_spread"] = torch.stack(every).std(dim=0).max().reshape(1)
     if "features_bf16" in modes:
         out["bf16_mean"] = extract_features(build_encoder("test_micro", 16, 3, seed=3), x, mean, std, 16,
                                             batch_size=4, precision="bf16")

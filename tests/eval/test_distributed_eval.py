@@ -38,7 +38,7 @@ def run(nprocs: int, payload: dict, timeout: int = 240) -> dict:
 def runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("dist")
     one = run(1, {"modes": ["features", "finetune"], "out": str(d / "one.pt")})
-    two = run(2, {"modes": ["features", "features_sharded", "finetune", "finetune_ac", "features_bf16"],
+    two = run(2, {"modes": ["features", "features_sharded", "finetune", "finetune_ac", "finetune_ddp", "features_bf16"],
                   "out": str(d / "two.pt")})
     return one, two
 
@@ -61,6 +61,14 @@ def test_finetune_two_ranks_fsdp_equal_one(runs):
     assert one["logits"].shape == (31, 3)
     torch.testing.assert_close(two["logits"], one["logits"], rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(two["train_top1"], one["train_top1"])
+
+
+def test_finetune_under_ddp_on_two_ranks_equals_one(runs):
+    """evaluate.finetune_strategy: DDP: the two replicas stay equal (their gradients are all-reduced) and follow
+    the one-rank run. (Before, the strategy left the model unwrapped: each rank trained on its own rows.)"""
+    one, two = runs
+    assert float(two["ddp_replica_spread"]) == 0.0
+    torch.testing.assert_close(two["ddp_logits"], one["logits"], rtol=1e-3, atol=1e-4)
 
 
 def test_finetune_with_activation_checkpointing_on_two_ranks_equals_one(runs):

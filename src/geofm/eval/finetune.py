@@ -15,11 +15,12 @@ normalised with the pretraining set's statistics, through the one preprocessing 
 
 Distribution: under ``torch.distributed`` with more than one rank the model is sharded with FSDP2 through
 :func:`geofm.distributed.parallelize.parallelize` (blocks, then the root — ``Classifier`` has
-``.encoder.blocks`` as the engine expects). Batches come from the one step-indexed sampler
+``.encoder.blocks`` as the engine expects), or, with ``strategy`` DDP, replicated and its gradients
+all-reduced by ``DistributedDataParallel``. Batches come from the one step-indexed sampler
 (:class:`geofm.data.sampler.StepSampler`, as pretraining's): the samples of step ``s`` and their crop boxes
 and flips are functions of (seed, s, row of the global batch), and rank ``r`` of ``W`` takes rows ``r::W``
-(an "epoch" is ``len(images) // batch`` steps of the sampler's endless stream); the mean loss over the local rows, averaged across ranks by FSDP's gradient reduction,
-equals the 1-rank loss over the global batch. So without mixup, drop path and BatchNorm (whose randomness
+(an "epoch" is ``len(images) // batch`` steps of the sampler's endless stream); the mean loss over the local
+rows, averaged across ranks by the gradient reduction, equals the 1-rank loss over the global batch. So without mixup, drop path and BatchNorm (whose randomness
 or statistics are per rank), W ranks follow the 1-rank run up to float reduction order.
 """
 from __future__ import annotations
@@ -184,8 +185,9 @@ def finetune(encoder: nn.Module, images_uint8: torch.Tensor, labels, n_classes: 
              device: str | torch.device = "cpu", log=None) -> tuple[nn.Module, list[dict]]:
     """Fine-tune ``encoder`` (modified: it becomes part of the returned model) with a new head on the
     uint8 ``images`` / int ``labels``; returns ``(model in eval mode, per-epoch log)``. ``model(x)`` gives
-    logits of normalised float images; under >1 rank it is an FSDP2 module (a collective)."""
-    from geofm.distributed.parallelize import apply_activation_checkpointing, parallelize, parse_strategy
+    logits of normalised float images; under >1 rank it is an FSDP2 module (a collective), or under DDP the
+    replica, the same on every rank."""
+    from geofm.distributed.parallelize import apply_activation_checkpointing, parallelize, parse_strategy, wrap_ddp
 
     device = torch.device(device)
     rank, world = rank_world()
@@ -209,11 +211,14 @@ def finetune(encoder: nn.Module, images_uint8: torch.Tensor, labels, n_classes: 
     seed_global_torch(cfg.seed + rank)  # drop path / mixup draws: per rank
     model = Classifier(with_drop_path(encoder, cfg.drop_path), n_classes, cfg.pool, cfg.head_norm)
     apply_activation_checkpointing(model, int(cfg.activation_checkpointing))
-    sharded = world > 1
+    sharded = world > 1 and parse_strategy(cfg.strategy).kind == "fsdp"
     if sharded:  # from the CPU: fully_shard moves one block at a time to the device, then shards it
         parallelize(model, parse_strategy(cfg.strategy), world, device, cfg.precision)
     else:
         model = model.to(device)
+    # DDP (finetune_strategy: DDP, more than one rank): replicas with all-reduced gradients, bf16 by autocast
+    # as in pretraining; the optimizer's groups and the returned model are the module inside the wrapper
+    step_model = wrap_ddp(model, device) if world > 1 and not sharded else model
     autocast = cfg.precision == "bf16" and not sharded
     groups = param_groups_lrd(model, cfg.weight_decay, cfg.layer_decay, depth)
     opt = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups], lr=peak,
@@ -221,7 +226,7 @@ def finetune(encoder: nn.Module, images_uint8: torch.Tensor, labels, n_classes: 
     sampler = StepSampler(n, bs, cfg.seed, rank, world)
     history: list[dict] = []
     it = 0
-    model.train()
+    step_model.train()
     for epoch in range(int(cfg.epochs)):
         ep_loss, ep_correct, ep_seen = 0.0, 0, 0
         for _ in range(steps_per_epoch):
@@ -242,7 +247,7 @@ def finetune(encoder: nn.Module, images_uint8: torch.Tensor, labels, n_classes: 
                 target = lam * target + (1 - lam) * target.roll(1, 0)
             target = target.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = model(x)
+                logits = step_model(x)
             loss = torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
             loss.backward()
             opt.step()
