@@ -100,4 +100,9 @@ def test_another_config_into_the_same_folder_is_refused(swept):
     p = sweep(tmp, "--seeds", "0", "--set", "evaluate.knn_k=3")
     assert p.returncode == 2
     assert "sweep.json" in p.stderr and "evaluate.knn_k" in p.stderr and len(p.stderr.splitlines()) == 1
+    # the config's own seed makes the tiles (their train/test split): another is another config
+    cfg = tmp / "seed1.yaml"
+    cfg.write_text((REPO / "tests" / "workflow" / "tiny.yaml").read_text().replace("seed: 0", "seed: 1"))
+    p = sweep(tmp, "--seeds", "0", "--config", str(cfg))
+    assert p.returncode == 2 and "another config: seed differs;" in p.stderr
     assert sorted(str(q.relative_to(out)) for q in out.rglob("*")) == before
