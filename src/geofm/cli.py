@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import PROFILE_VARIANT_KEYS, ConfigError, digest, load_config, rule_params
+from .config import PROFILE_VARIANT_KEYS, ConfigError, digest, load_config, rule_params, set_overrides
 from .provenance import provenance
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -430,17 +430,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="print the validation against the paper's Frontier measurements (markdown tables)")
     args = ap.parse_args(argv)
     try:
-        import yaml
-
-        over: dict = {}
-        for item in args.set:
-            key, _, val = item.partition("=")
-            node = over
-            parts = key.split(".")
-            for part in parts[:-1]:
-                node = node.setdefault(part, {})
-            node[parts[-1]] = yaml.safe_load(val)
-        cfg = load_config(args.config, over)
+        cfg = load_config(args.config, set_overrides(args.set))
     except ConfigError as exc:
         print(f"geofm: {exc}", file=sys.stderr)
         return 2

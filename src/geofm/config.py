@@ -267,6 +267,25 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
     return validate(cfg, str(path))
 
 
+def set_overrides(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` items (dotted keys, YAML values) as a nested dict for :func:`load_config`; the one parser
+    of geofm's and scripts/seed-sweep's ``--set``."""
+    over: dict = {}
+    for item in items:
+        key, eq, val = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. pretrain.steps=10")
+        node = over
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        try:
+            node[parts[-1]] = yaml.safe_load(val)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: {val!r} is not a YAML value ({exc.problem})") from None
+    return over
+
+
 def deep_update(base: dict, upd: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in upd.items():

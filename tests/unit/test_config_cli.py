@@ -110,6 +110,11 @@ def test_cli_set_override(tmp_path, capsys):
     # a nested value is typed (YAML) and merged key by key: grad_accum 5 against the demo's batch_size 64
     assert main(["validate", "--config", demo, "--set", "pretrain.grad_accum=5"]) == 2
     assert "batch_size 64 is not divisible by demo_tiny's 1 nodes x 1 ranks x grad_accum 5" in capsys.readouterr().err
+    # an item without '=' or with a value that is not YAML is refused, naming it (before: the key was set to None)
+    assert main(["validate", "--config", demo, "--set", "pretrain.steps"]) == 2
+    assert "--set 'pretrain.steps': expected KEY=VALUE" in capsys.readouterr().err
+    assert main(["validate", "--config", demo, "--set", "evaluate.protocols=[knn"]) == 2
+    assert "--set evaluate.protocols: '[knn' is not a YAML value" in capsys.readouterr().err
 
 
 def test_cli_set_values_reach_the_command(monkeypatch, capsys):

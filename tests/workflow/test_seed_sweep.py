@@ -105,4 +105,6 @@ def test_another_config_into_the_same_folder_is_refused(swept):
     cfg.write_text((REPO / "tests" / "workflow" / "tiny.yaml").read_text().replace("seed: 0", "seed: 1"))
     p = sweep(tmp, "--seeds", "0", "--config", str(cfg))
     assert p.returncode == 2 and "another config: seed differs;" in p.stderr
+    p = sweep(tmp, "--seeds", "0", "--set", "evaluate.knn_k")  # geofm's own --set parser: the same refusal
+    assert p.returncode == 2 and "--set 'evaluate.knn_k': expected KEY=VALUE" in p.stderr
     assert sorted(str(q.relative_to(out)) for q in out.rglob("*")) == before
