@@ -80,6 +80,23 @@ def test_strategy_two_ranks_matches_one(strategy, one_process, strategy_runs):
         assert seen[0]["local_fraction"] + seen[1]["local_fraction"] == pytest.approx(1.0)
 
 
+def test_ddp_on_one_rank_trains_the_weights_no_shard_does(tmp_path):
+    """config/demo-real.yaml sets strategy DDP (for demo_base's two ranks) and keeps demo_tiny on one rank,
+    where its encoder must stay the one measured under NO_SHARD: at world size 1 DDP is the plain module and
+    FSDP2's NO_SHARD a one-rank mesh, and the two must train the same weights to the last bit."""
+    import torch
+
+    from enginelib import TINY
+
+    runs = [{"cfg": {**TINY, "steps": 5, "strategy": s}, "out": str(tmp_path / s)} for s in ("NO_SHARD", "DDP")]
+    run_ranks(1, {"mode": "train", "runs": runs})
+    a, b = (torch.load(tmp_path / s / "encoder.pt", map_location="cpu")["state_dict"] for s in ("NO_SHARD", "DDP"))
+    assert sorted(a) == sorted(b) and a
+    assert losses(tmp_path / "NO_SHARD")[1] != losses(tmp_path / "NO_SHARD")[5]  # it trained
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 FALLING = {"steps": 40, "lr": 3e-3, "log_every": 1}  # long enough, at this rate, for the loss to fall
 
 

@@ -6,6 +6,7 @@ runs that seed's stages only, and a sweep of another config into the same folder
 """
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,10 @@ def sweep(tmp, *extra):
     cmd = [sys.executable, str(SCRIPT), "--config", str(REPO / "tests" / "workflow" / "tiny.yaml"),
            "--models", "test_micro", "--protocols", "knn", "--out", str(tmp / "sweep"),
            "--set", f"resources={tmp / 'res'}", "--set", "pretrain.steps=3", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp)
+    # a caller's OMP_NUM_THREADS (3, more than one per rank) that the stages must not inherit: the rules run
+    # each rank on one thread
+    env = {**os.environ, "OMP_NUM_THREADS": "3"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp, env=env)
 
 
 def rows(path):
@@ -53,6 +57,15 @@ def test_each_seed_trains_its_own_encoder_on_the_same_split(swept):
     assert recs[0]["pretrained"]["n_test"] == recs[1]["pretrained"]["n_test"] > 0
     assert recs[0]["random_init"]["top1"] != recs[1]["random_init"]["top1"] or \
         recs[0]["pretrained"]["top1"] != recs[1]["pretrained"]["top1"]
+
+
+def test_each_rank_trains_on_one_thread_as_under_the_rules(swept):
+    """Snakemake gives a 1-rank pretraining one thread (workflow/rules/common.smk rank_threads), and on a CPU the
+    thread count changes the weights' last bits: the sweep's encoders are the rules' only at the rules' threads."""
+    tmp, _ = swept
+    for s in (0, 1):
+        summary = json.loads((tmp / "sweep" / f"seed-{s}" / "pretrain" / "test_micro" / "summary.json").read_text())
+        assert (summary["world_size"], summary["threads_per_rank"]) == (1, 1), summary
 
 
 def test_the_tables_are_the_evaluations_tally(swept):

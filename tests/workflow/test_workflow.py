@@ -48,6 +48,8 @@ def test_every_stage_produced_its_outputs(study):
         lines = (res / "pretrain" / model / "metrics.jsonl").read_text().splitlines()
         assert json.loads(lines[-1])["step"] == 12
         assert (res / "pretrain" / model / "encoder.pt").exists()
+        # Snakemake sets OMP_NUM_THREADS to the rule's threads, one per rank (rank_threads); the sweep relies on it
+        assert json.loads((res / "pretrain" / model / "summary.json").read_text())["threads_per_rank"] == 1
         for protocol in ("linprobe", "knn"):
             ev = json.loads((res / "eval" / protocol / model / "demo_landcover.json").read_text())
             assert ev["pretrained"]["top5"] >= ev["pretrained"]["top1"]
