@@ -42,10 +42,19 @@ def _relaunch(nprocs: int, argv: list[str]) -> int:
     """Re-run this very command as ``nprocs`` local ranks (gloo on CPU, nccl on GPUs)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nprocs}",
            "-m", "geofm.cli", *argv]
-    # split this job's threads (Snakemake sets OMP_NUM_THREADS to the rule's threads) between the ranks
+    # split this job's threads (Snakemake sets OMP_NUM_THREADS to the rule's threads) between the ranks, in every
+    # variable Snakemake sets: left at the job's count, MKL_NUM_THREADS gave each of demo_base's two ranks two
+    # GEMM threads on a 2-core job (four busy threads on two cores, 94 img/s instead of about 150)
     budget = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, budget // nprocs))}
+    per_rank = str(max(1, budget // nprocs))
+    env = {**os.environ, **{v: per_rank for v in THREAD_VARS}}
     return subprocess.call(cmd, env=env)
+
+
+# The thread variables Snakemake sets to a job's threads (snakemake/shell.py, 9.x: OpenMP, GotoBLAS, OpenBLAS,
+# MKL, Accelerate, numexpr); a rank started by _relaunch gets its share in each.
+THREAD_VARS = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 def _train_config(cfg: dict, model: str, data: str, section: dict, **over) -> "TrainConfig":

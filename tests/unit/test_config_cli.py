@@ -264,3 +264,25 @@ def test_cli_relaunches_as_ranks_before_importing_torch(argv, tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout.strip().splitlines()[-1]) == [2, False]
+
+
+def test_relaunched_ranks_share_every_thread_variable_snakemake_sets(monkeypatch):
+    """Snakemake sets six thread variables to a job's threads (snakemake/shell.py, read here from the installed
+    Snakemake); a 2-rank job of 4 threads must hand each rank 2 in every one of them. Left at the job's count,
+    MKL_NUM_THREADS gave each of demo_base's two ranks two GEMM threads in a 2-core job: four busy threads on
+    two cores, its pretraining at 94 img/s instead of about 150."""
+    import importlib.util
+    import re
+    import subprocess
+
+    import geofm.cli as cli
+
+    src = Path(importlib.util.find_spec("snakemake.shell").origin).read_text()
+    snakemake_sets = set(re.findall(r'envvars\["([A-Z_]+)"\] = threads', src))
+    assert "OMP_NUM_THREADS" in snakemake_sets and "MKL_NUM_THREADS" in snakemake_sets
+    for v in snakemake_sets:
+        monkeypatch.setenv(v, "4")
+    seen = {}
+    monkeypatch.setattr(subprocess, "call", lambda cmd, env: seen.update(env) or 0)
+    assert cli._relaunch(2, ["pretrain"]) == 0
+    assert {v: seen[v] for v in snakemake_sets} == {v: "2" for v in snakemake_sets}
