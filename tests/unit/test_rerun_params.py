@@ -84,6 +84,9 @@ def touched(before, after) -> set:
     ("pretrain.per_model", {"demo_tiny": {"lr": 5e-4, "norm_pix_loss": True}}, {"pretrain"}),
     ("pretrain.per_model", {"demo_base": {"decoder_dim": 32}}, {"profile", "profile_ac"}),
     ("pretrain.per_model", {"demo_small": {"lr": 5e-4, "decoder_depth": 2}}, set()),
+    ("pretrain.per_model", {"demo_tiny": {"precision": "bf16"}}, {"pretrain"}),
+    # a profile cell's precision is the profile section's, set in the demo: not the pretraining's
+    ("pretrain.per_model", {"demo_base": {"precision": "bf16"}}, set()),
     ("evaluate.finetune_activation_checkpointing", 1, set()),  # fine-tuning only (no finetune job here)
     # the folds matter to a cross-validated penalty only: with one penalty (the default) they rerun nothing,
     # so adding the key reran no existing linear probe
@@ -211,13 +214,14 @@ def test_a_models_own_recipe_reaches_its_training_and_fingerprint_only(demo):
     from geofm.config import pretrain_settings
     from geofm.train.fingerprint import fingerprint
 
-    own = changed(demo, "pretrain.per_model", {"demo_base": {"lr": 7.5e-4, "decoder_dim": 24, "decoder_depth": 3}})
+    own = changed(demo, "pretrain.per_model", {"demo_base": {"lr": 7.5e-4, "decoder_dim": 24, "decoder_depth": 3,
+                                                              "precision": "bf16"}})
 
     def tc(cfg, model):
         return _train_config(cfg, model, "synthetic", pretrain_settings(cfg, model))
 
     base = tc(own, "demo_base")
-    assert (base.lr, base.decoder_dim, base.decoder_depth) == (7.5e-4, 24, 3)
+    assert (base.lr, base.decoder_dim, base.decoder_depth, base.precision) == (7.5e-4, 24, 3, "bf16")
     assert base.decoder_heads == demo["pretrain"]["decoder_heads"]  # the rest from the section
     assert fingerprint(base) != fingerprint(tc(demo, "demo_base"))
     assert tc(own, "demo_tiny") == tc(demo, "demo_tiny")

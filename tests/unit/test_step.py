@@ -121,3 +121,60 @@ def test_fsdp2_wrapped_mae_returns_no_view_to_its_caller():
         assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
     finally:
         dist.destroy_process_group()
+
+
+class _Ops(__import__("torch.utils._python_dispatch", fromlist=["TorchDispatchMode"]).TorchDispatchMode):
+    """Records (op name, dtypes of its tensor arguments) of every aten op run under it, backward included."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[tuple[str, set]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        dts = {a.dtype for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)}
+        self.ops.append((str(func.overloadpacket.__name__), dts))
+        return func(*args, **kwargs)
+
+    def called(self, fragment: str) -> list[set]:
+        return [d for name, d in self.ops if fragment in name]
+
+
+def test_bf16_on_cpu_runs_attention_as_matrix_products():
+    """bf16 autocast on a CPU (geofm.common.precision): attention runs as matrix products, forward and backward,
+    never PyTorch's fused CPU kernel (its bf16 backward was 6x its fp32 one: scripts/bench_cpu_bf16.py);
+    fp32 steps keep the fused kernel; the bf16 step trains the weights an fp32 step does, to bf16's precision."""
+    m32, o32, x, noise = _setup()
+    m16, o16, _, _ = _setup()
+    with _Ops() as fp32:
+        r32 = train_step(m32, o32, x, noise, StepOptions(autocast=False))
+    with _Ops() as bf16:
+        r16 = train_step(m16, o16, x, noise, StepOptions(autocast=True))
+    assert fp32.called("_scaled_dot_product_flash_attention_for_cpu")  # forward
+    assert fp32.called("_scaled_dot_product_flash_attention_for_cpu_backward")
+    assert not bf16.called("flash_attention")
+    # attention as batched matrix products (query x key, weights x value), forward and backward, in all
+    # 3 blocks (2 encoder, 1 decoder); PyTorch's math path computes them in fp32 on a CPU
+    assert len(bf16.called("bmm")) >= 3 * 2 * 3
+    # and the linear layers (qkv, projection, MLP, embeddings, heads) in bf16, forward and backward
+    linear16 = [d for d in bf16.called("mm") + bf16.called("addmm") if d == {torch.bfloat16}]
+    assert len(linear16) >= 3 * 4 * 3
+    assert not [d for d in fp32.called("mm") + fp32.called("addmm") if torch.bfloat16 in d]
+    assert r16.loss == pytest.approx(r32.loss, rel=2e-2)
+    moved = [(p16 - p32).abs().max() / (p32 - q).abs().max().clamp_min(1e-12)
+             for p16, p32, q in zip(m16.parameters(), m32.parameters(), _setup()[0].parameters())]
+    assert max(moved) < 0.1  # each parameter's update agrees with fp32's to 10 % of its largest entry
+
+
+def test_bf16_features_on_cpu_skip_the_fused_attention_kernel():
+    from geofm.eval.features import extract_features
+
+    enc = _setup()[0].encoder
+    imgs = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    with _Ops() as fp32:
+        f32 = extract_features(enc, imgs, [0.5] * 3, [0.25] * 3, 16, distributed=False, precision="fp32")
+    with _Ops() as bf16:
+        f16 = extract_features(enc, imgs, [0.5] * 3, [0.25] * 3, 16, distributed=False, precision="bf16")
+    assert fp32.called("flash_attention") and not bf16.called("flash_attention")
+    assert f16.dtype == torch.float32
+    torch.testing.assert_close(f16, f32, rtol=0.05, atol=0.05)

@@ -30,6 +30,7 @@ from typing import Mapping, Sequence
 import torch
 
 from geofm.common.io import save_torch
+from geofm.common.precision import bf16_autocast
 from geofm.common.ranks import rank_world
 from geofm.data.augment import CROP_PCT, eval_batch
 
@@ -171,7 +172,7 @@ def extract_features(encoder: torch.nn.Module, images_uint8, mean: Sequence[floa
         chunks = []
         for i in range(0, mine.shape[0], batch_size):
             x = preprocess(mine[i:i + batch_size], mean, std, image_size, crop_pct).to(device)
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with bf16_autocast(torch.device(device).type, precision == "bf16"):
                 f = forward(x)
             if f.ndim != 2:
                 raise ValueError(f"encoder.forward_features must return (B, D), got {tuple(f.shape)}")

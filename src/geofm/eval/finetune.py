@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from geofm.common.lr import warmup_cosine
+from geofm.common.precision import bf16_autocast
 from geofm.common.ranks import rank_world
 from geofm.common.seeding import seed_global_torch, seeded_generator
 from geofm.config import complete_section
@@ -246,7 +247,7 @@ def finetune(encoder: nn.Module, images_uint8: torch.Tensor, labels, n_classes: 
                 x = lam * x + (1 - lam) * x.roll(1, 0)
                 target = lam * target + (1 - lam) * target.roll(1, 0)
             target = target.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            with bf16_autocast(device.type, autocast):
                 logits = step_model(x)
             loss = torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
             loss.backward()

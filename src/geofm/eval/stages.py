@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from geofm.common.precision import bf16_autocast
 from geofm.eval.features import cache_file, cache_key, extract_features
 from geofm.eval.knn import knn_scores
 from geofm.eval.linprobe import fit_logreg, fit_logreg_cv, predict_scores, train_linear_probe
@@ -216,7 +217,7 @@ def _augmented_features(encoder, images, mean, std, image_size: int, chunk: int,
             for i in range(0, len(idx), chunk):
                 x = train_batch(images[idx[i:i + chunk]], image_size, mean, std, gen, scale)
                 x = x.to(device)
-                with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                with bf16_autocast(torch.device(device).type, precision == "bf16"):
                     out.append(forward(x).float().cpu())
         finally:
             encoder.train(was)

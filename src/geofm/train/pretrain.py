@@ -262,6 +262,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
                "steps": cfg.steps, "final_loss": loss_val, "world_size": world, "strategy": cfg.strategy,
                # intra-op threads per rank: on a CPU their number changes the trained weights' last bits
                "threads_per_rank": torch.get_num_threads(),
+               "precision": cfg.precision,
                "flops_per_image": fl_img, "peak_tflops": peak, "peak_source": peak_src,
                "device": metrics.device_name(device), "resumed_from": start, "fingerprint": fp,
                "provenance": provenance(fp)}

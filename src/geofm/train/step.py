@@ -21,6 +21,8 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from ..common.precision import bf16_autocast
+
 
 class NonFiniteLoss(RuntimeError):
     """The step's loss is NaN or infinite; the parameters were not updated."""
@@ -103,7 +105,7 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tens
             sync = model.no_sync()
         with sync:
             mark("forward")
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=opts.autocast):
+            with bf16_autocast(x.device.type, opts.autocast):
                 loss = model(x[sl], opts.mask_ratio, None if noise is None else noise[sl])[0]
             if poison:
                 loss = loss * float("nan")
