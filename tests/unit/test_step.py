@@ -154,7 +154,7 @@ def test_bf16_on_cpu_runs_attention_as_matrix_products():
     assert fp32.called("_scaled_dot_product_flash_attention_for_cpu_backward")
     assert not bf16.called("flash_attention")
     # attention as batched matrix products (query x key, weights x value), forward and backward, in all
-    # 3 blocks (2 encoder, 1 decoder); PyTorch's math path computes them in fp32 on a CPU
+    # 3 blocks (2 encoder, 1 decoder); PyTorch's math path upcasts them to fp32 (geofm.common.precision)
     assert len(bf16.called("bmm")) >= 3 * 2 * 3
     # and the linear layers (qkv, projection, MLP, embeddings, heads) in bf16, forward and backward
     linear16 = [d for d in bf16.called("mm") + bf16.called("addmm") if d == {torch.bfloat16}]
