@@ -72,6 +72,8 @@ def touched(before, after) -> set:
     ("pretrain.retries", 3, set()),
     ("pretrain.expected_mfu", 0.5, set()),
     ("pretrain.per_model", {"demo_tiny": {"nodes": 2, "runtime_min": 5, "retries": 2}}, set()),
+    ("pretrain.threads_per_rank", 2, set()),  # a local job's cores per rank
+    ("pretrain.per_model", {"demo_tiny": {"threads_per_rank": 2}}, set()),
     ("evaluate.per_model", {"demo_tiny": {"nodes": 2, "runtime_min": 9, "shard_encoder": True}}, set()),
     ("scheduler.max_submissions", 10, set()),
     ("datasets.demo_scenes.workers", 3, set()),
@@ -262,6 +264,7 @@ def test_a_key_added_at_its_old_behaviour_reruns_and_moves_nothing(demo, monkeyp
     ("pretrain.per_model", {"demo_tiny": {"decoder_dim": 16}}, True),  # a model's recipe: priced anew
     ("pretrain.per_model", {"demo_tiny": {"nodes": 2}}, True),  # its geometry
     ("pretrain.per_model", {"demo_tiny": {"runtime_min": 5, "retries": 1}}, False),  # its walltime: no
+    ("pretrain.per_model", {"demo_tiny": {"threads_per_rank": 2}}, False),  # a local job's cores: no
     ("pretrain.runtime_min", 7, False),
 ])
 def test_the_plan_reprices_a_models_own_recipe_and_geometry_only(demo, path, value, reruns):

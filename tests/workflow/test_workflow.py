@@ -48,8 +48,10 @@ def test_every_stage_produced_its_outputs(study):
         lines = (res / "pretrain" / model / "metrics.jsonl").read_text().splitlines()
         assert json.loads(lines[-1])["step"] == 12
         assert (res / "pretrain" / model / "encoder.pt").exists()
-        # Snakemake sets OMP_NUM_THREADS to the rule's threads, one per rank (rank_threads); the sweep relies on it
-        assert json.loads((res / "pretrain" / model / "summary.json").read_text())["threads_per_rank"] == 1
+        # Snakemake sets OMP_NUM_THREADS to the rule's threads: one per rank (rank_threads), times
+        # threads_per_rank (tiny.yaml: demo_tiny 2); the sweep relies on it
+        threads = json.loads((res / "pretrain" / model / "summary.json").read_text())["threads_per_rank"]
+        assert threads == {"test_micro": 1, "demo_tiny": 2}[model]
         for protocol in ("linprobe", "knn"):
             ev = json.loads((res / "eval" / protocol / model / "demo_landcover.json").read_text())
             assert ev["pretrained"]["top5"] >= ev["pretrained"]["top1"]

@@ -79,6 +79,13 @@ def pretrain_geometry(model):
     return p["nodes"], p["procs_per_node"]
 
 
+def pretrain_threads(model):
+    """Cores of a model's local pretraining job: ranks x pretrain.threads_per_rank, capped at --cores
+    (rank_threads); the CLI hands each rank its share."""
+    p = pretrain_settings(config, model)
+    return rank_threads(p["nodes"] * p["procs_per_node"] * p["threads_per_rank"])
+
+
 def evaluate_geometry(model):
     e = evaluate_settings(config, model)
     return e["nodes"], e["procs_per_node"]

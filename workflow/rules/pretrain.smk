@@ -23,7 +23,7 @@ rule pretrain:
     params:
         cfg=lambda wc: rule_params(config, "pretrain", model=wc.model),
     retries: max(pretrain_settings(config, m)["retries"] for m in MODELS)
-    threads: lambda wc: rank_threads(math.prod(pretrain_geometry(wc.model)))
+    threads: lambda wc: pretrain_threads(wc.model)
     resources:
         nodes=lambda wc: pretrain_geometry(wc.model)[0],
         ranks=lambda wc: math.prod(pretrain_geometry(wc.model)),

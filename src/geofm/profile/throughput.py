@@ -33,7 +33,7 @@ from ..perf.workload import Workload
 from ..train import flops, metrics
 from ..data.loader import StepBatches
 from ..data.sampler import mask_noise
-from ..train.pretrain import TrainConfig, build_model, param_groups, step_options
+from ..train.pretrain import TrainConfig, build_model, make_adamw, param_groups, step_options
 from ..train.step import PhaseTimer, train_step
 
 # collective names, compared with underscores removed ("all_gather" and c10d's "allgather" alike)
@@ -198,8 +198,7 @@ def profile_run(cfg: TrainConfig, nodes: int, warmup_steps: int, steps: int, dev
     except torch.OutOfMemoryError as exc:
         launch.shutdown()
         return {**base, "status": f"impossible: out of memory building the model ({exc})"}
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
-                            fused=device.type == "cuda" or None)
+    opt = make_adamw(param_groups(model, cfg.weight_decay), device, cfg.lr, cfg.betas)
     total = warmup_steps + steps
     data = StepBatches(cfg.data, cfg.batch_size, cfg.image_size, rank, world, cfg.seed, cfg.augment,
                        cfg.in_chans, start=0, steps=total + 1, augment_on_device=cfg.augment_on_device,
