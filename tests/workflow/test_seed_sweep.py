@@ -21,7 +21,9 @@ SCRIPT = REPO / "scripts" / "seed-sweep"
 def sweep(tmp, *extra):
     cmd = [sys.executable, str(SCRIPT), "--config", str(REPO / "tests" / "workflow" / "tiny.yaml"),
            "--models", "test_micro", "--protocols", "knn", "--out", str(tmp / "sweep"),
-           "--set", f"resources={tmp / 'res'}", "--set", "pretrain.steps=3", *extra]
+           "--set", f"resources={tmp / 'res'}", "--set", "pretrain.steps=3",
+           # a pretraining of 2 threads in its one rank (pretrain.threads_per_rank), as the rules would run it
+           "--set", "pretrain.per_model.test_micro.threads_per_rank=2", *extra]
     # a caller's OMP_NUM_THREADS (3, more than one per rank) that the stages must not inherit: the rules run
     # each rank on one thread
     env = {**os.environ, "OMP_NUM_THREADS": "3"}
@@ -36,8 +38,7 @@ def rows(path):
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
-    # a pretraining of 2 threads in its one rank (pretrain.threads_per_rank), as the rules would run it
-    p = sweep(tmp, "--seeds", "0", "1", "--jobs", "2", "--set", "pretrain.per_model.test_micro.threads_per_rank=2")
+    p = sweep(tmp, "--seeds", "0", "1", "--jobs", "2")
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     return tmp, p
 
