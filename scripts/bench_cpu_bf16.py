@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Benchmark: one MAE training step on a CPU core, fp32 against bf16 autocast, with and without the math
-attention backend that ``geofm.common.precision.bf16_autocast`` picks on CPUs.
+"""Benchmark: one MAE training step on a CPU core, fp32 against bf16 autocast with PyTorch's attention kernels and
+with the explicit attention products that ``geofm.common.precision.bf16_autocast`` runs on CPUs.
 
 Cases (same model, batch, masks and optimizer; interleaved round by round in this one process with
 ``torch.set_num_threads(1)``, so that other load hits all of them alike):
@@ -8,7 +8,10 @@ Cases (same model, batch, masks and optimizer; interleaved round by round in thi
 - ``fp32``: no autocast (PyTorch's default attention kernel);
 - ``bf16, default attention``: ``torch.autocast(cpu, bfloat16)`` alone -- PyTorch picks its fused CPU
   attention kernel, whose bf16 backward is the slow part;
-- ``bf16, bf16_autocast``: the project's path (``train_step(..., StepOptions(autocast=True))``).
+- ``bf16, math attention``: autocast with ``sdpa_kernel([SDPBackend.MATH])`` (the project's path until stop 32):
+  PyTorch's math path upcasts the attention's products to fp32 and adds its ``_safe_softmax`` checks;
+- ``bf16, bf16_autocast``: the project's path (``train_step(..., StepOptions(autocast=True))``): attention as
+  explicit bf16 products and a softmax.
 
 Prints ms per step, the ratio to fp32, and the milliseconds per step spent in the fused attention kernel
 (forward + backward, from ``torch.profiler``). The matrix products' bf16 speed depends on the CPU: a CPU
@@ -63,9 +66,19 @@ def main() -> int:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    def math_bf16_step(m, opt, noise):  # stop 31's path: the math backend (fp32 attention products)
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with torch.autocast("cpu", dtype=torch.bfloat16), sdpa_kernel([SDPBackend.MATH]):
+            loss = m(x, 0.75, noise)[0]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
     cases = {
         "fp32": lambda m, o, n: train_step(m, o, x, n, StepOptions(autocast=False)),
         "bf16, default attention": plain_bf16_step,
+        "bf16, math attention": math_bf16_step,
         "bf16, bf16_autocast": lambda m, o, n: train_step(m, o, x, n, StepOptions(autocast=True)),
     }
     state = {k: setup() for k in cases}

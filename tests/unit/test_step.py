@@ -141,9 +141,10 @@ class _Ops(__import__("torch.utils._python_dispatch", fromlist=["TorchDispatchMo
 
 
 def test_bf16_on_cpu_runs_attention_as_matrix_products():
-    """bf16 autocast on a CPU (geofm.common.precision): attention runs as matrix products, forward and backward,
-    never PyTorch's fused CPU kernel (its bf16 backward was 6x its fp32 one: scripts/bench_cpu_bf16.py);
-    fp32 steps keep the fused kernel; the bf16 step trains the weights an fp32 step does, to bf16's precision."""
+    """bf16 autocast on a CPU (geofm.common.precision): attention runs as bf16 matrix products and a softmax,
+    forward and backward, never PyTorch's fused CPU kernel (its bf16 backward was 6x its fp32 one:
+    scripts/bench_cpu_bf16.py) nor the math backend (fp32 products and its _safe_softmax checks); fp32 steps keep
+    the fused kernel; the bf16 step trains the weights an fp32 step does, to bf16's precision."""
     m32, o32, x, noise = _setup()
     m16, o16, _, _ = _setup()
     with _Ops() as fp32:
@@ -154,8 +155,11 @@ def test_bf16_on_cpu_runs_attention_as_matrix_products():
     assert fp32.called("_scaled_dot_product_flash_attention_for_cpu_backward")
     assert not bf16.called("flash_attention")
     # attention as batched matrix products (query x key, weights x value), forward and backward, in all
-    # 3 blocks (2 encoder, 1 decoder); PyTorch's math path upcasts them to fp32 (geofm.common.precision)
-    assert len(bf16.called("bmm")) >= 3 * 2 * 3
+    # 3 blocks (2 encoder, 1 decoder), in bf16, and a plain softmax (not the math backend's _safe_softmax)
+    assert len([d for d in bf16.called("bmm") if d == {torch.bfloat16}]) >= 3 * 2 * 3
+    assert not [d for d in bf16.called("bmm") if torch.float32 in d]
+    assert len(bf16.called("_softmax")) == 3 * 2  # forward (softmax) and backward (_softmax_backward_data)
+    assert not bf16.called("safe_softmax")
     # and the linear layers (qkv, projection, MLP, embeddings, heads) in bf16, forward and backward
     linear16 = [d for d in bf16.called("mm") + bf16.called("addmm") if d == {torch.bfloat16}]
     assert len(linear16) >= 3 * 4 * 3
