@@ -205,3 +205,25 @@ def test_pretraining_optimizer_on_cpu_is_one_fused_kernel_with_adamws_update():
     # through the loss, as any change of rounding does)
     for pf, pl, p0 in zip(runs["fused"][0].parameters(), runs["loop"][0].parameters(), _setup()[0].parameters()):
         assert (pf - pl).abs().max() <= 1e-4 * (pl - p0).abs().max()
+
+
+def test_bf16_attention_on_cpu_with_a_mask_or_dropout_keeps_pytorchs_semantics():
+    """Only plain attention (no mask, dropout or causal flag) becomes explicit products; the rest goes to
+    PyTorch's math backend inside the region, with the mask applied as PyTorch defines it."""
+    from geofm.common.precision import bf16_autocast
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 2, 5, 8, generator=g) for _ in range(3))
+    mask = torch.rand(5, 5, generator=g) > 0.3
+    mask.fill_diagonal_(True)
+    F = torch.nn.functional
+    for kw in ({"attn_mask": mask}, {"is_causal": True}):
+        want = F.scaled_dot_product_attention(q, k, v, **kw)
+        with _Ops() as ops, bf16_autocast("cpu"):
+            got = F.scaled_dot_product_attention(q, k, v, **kw)
+        assert not ops.called("flash_attention")
+        torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.05)
+    with bf16_autocast("cpu"):  # and a plain call is the same attention, to bf16's precision
+        torch.testing.assert_close(F.scaled_dot_product_attention(q, k, v).float(),
+                                   F.scaled_dot_product_attention(q.double(), k.double(), v.double()).float(),
+                                   rtol=0.05, atol=0.05)
