@@ -92,7 +92,7 @@ def main() -> int:
     in_step_ms = in_step_us / 1e3 / n_prof
 
     # 3: each product alone, same shapes and dtype
-    # under bf16 autocast every product of the step runs in bf16 (tests/test_step.py checks the attention's)
+    # under bf16 autocast every product of the step runs in bf16 (tests/unit/test_step.py checks the attention's)
     dt = torch.float32 if a.fp32 else torch.bfloat16
 
     def alone_ms(name, dims) -> float:
