@@ -30,7 +30,8 @@ def main():
         # It was an atexit writer holding both until interpreter exit, and rank 0 of this test (only this one)
         # sometimes aborted after its 40 steps ("terminate called without an active exception", exit -6; once in
         # a CI suite, once in 10 runs beside two busy loops): most likely the FSDP2 mesh of the held model kept
-        # the destroyed gloo process group alive into interpreter finalisation
+        # the destroyed gloo process group alive into interpreter finalisation (gloo's worker threads torn down
+        # there abort the process: pytorch/pytorch PR 179291's description, and issue 190489's repro)
         dtypes_done = _record_dtypes(args["record_dtypes"]) if args.get("record_dtypes") else None
 
         # "runs": several pretraining runs one after another in the same ranks (each its own process group, as

@@ -126,24 +126,30 @@ def test_another_config_into_the_same_folder_is_refused(swept):
     assert sorted(str(q.relative_to(out)) for q in out.rglob("*")) == before
 
 
+def sitecustomize_env(tmp, code: str) -> dict:
+    """The environment that makes every Python process of the sweep run ``code`` at start-up: Python's site
+    module imports a ``sitecustomize`` module from sys.path after setting it up (docs.python.org/3/library/
+    site.html), and PYTHONPATH comes before site-packages there. The sweep's stages inherit it too."""
+    inject = tmp / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(code)
+    rest = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
+    return {"PYTHONPATH": os.pathsep.join([str(inject)] + rest)}
+
+
 def test_the_chains_of_one_seed_run_side_by_side(tmp_path):
     """Under --jobs 2 a seed's chains (one per model) start together. Each needs the seed's link to the common
     tiles; when each chain made it itself, after checking it was missing, the second one to get there raised
-    FileExistsError and that seed x model was lost (seen at demo-real's seeds 6 and 7). Here creating a link takes
+    FileExistsError and that seed x model was lost (seen at demo-real's seed 6). Here creating a link takes
     0.5 s (a sitecustomize on PYTHONPATH slows pathlib's symlink_to in the sweep's process), so two chains that
     each check and create would always collide: both models must still train and be evaluated at the seed."""
-    inject = tmp_path / "inject"
-    inject.mkdir()
-    (inject / "sitecustomize.py").write_text(
-        "import pathlib, time\n"
-        "_make = pathlib.Path.symlink_to\n"
-        "def _slow(self, *a, **k):\n"
-        "    time.sleep(0.5)\n"
-        "    return _make(self, *a, **k)\n"
-        "pathlib.Path.symlink_to = _slow\n")
-    path = os.pathsep.join([str(inject)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
-    p = sweep(tmp_path, "--seeds", "0", "--jobs", "2", "--models", "test_micro", "demo_tiny",
-              "--set", "pretrain.per_model.demo_tiny.steps=3", env_extra={"PYTHONPATH": path})
+    env = sitecustomize_env(tmp_path, "import pathlib, time\n"
+                                      "_make = pathlib.Path.symlink_to\n"
+                                      "def _slow(self, *a, **k):\n"
+                                      "    time.sleep(0.5)\n"
+                                      "    return _make(self, *a, **k)\n"
+                                      "pathlib.Path.symlink_to = _slow\n")
+    p = sweep(tmp_path, "--seeds", "0", "--jobs", "2", "--models", "test_micro", "demo_tiny", env_extra=env)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     out = tmp_path / "sweep"
     assert sorted(r["model"] for r in rows(out / "seeds.csv")) == ["demo_tiny", "test_micro"]
@@ -157,20 +163,15 @@ def test_a_chain_that_raises_is_reported_and_the_others_are_tallied(tmp_path):
     """A seed x model chain that raises (here: the sweep's own check for demo_tiny's encoder, made to fail by a
     sitecustomize in the sweep's process only) is a failed chain: exit 1, named on stderr in one line, and the
     other model's cells still run and are tallied -- not a traceback in place of the tables."""
-    inject = tmp_path / "inject"
-    inject.mkdir()
-    (inject / "sitecustomize.py").write_text(
-        "import pathlib, sys\n"
-        "if sys.argv and sys.argv[0].endswith('seed-sweep'):\n"
-        "    _exists = pathlib.Path.exists\n"
-        "    def _check(self, *a, **k):\n"
-        "        if self.name == 'encoder.pt' and self.parent.name == 'demo_tiny':\n"
-        "            raise PermissionError(f'injected: {self}')\n"
-        "        return _exists(self, *a, **k)\n"
-        "    pathlib.Path.exists = _check\n")
-    path = os.pathsep.join([str(inject)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
-    p = sweep(tmp_path, "--seeds", "0", "--jobs", "2", "--models", "test_micro", "demo_tiny",
-              env_extra={"PYTHONPATH": path})
+    env = sitecustomize_env(tmp_path, "import pathlib, sys\n"
+                                      "if sys.argv and sys.argv[0].endswith('seed-sweep'):\n"
+                                      "    _exists = pathlib.Path.exists\n"
+                                      "    def _check(self, *a, **k):\n"
+                                      "        if self.name == 'encoder.pt' and self.parent.name == 'demo_tiny':\n"
+                                      "            raise PermissionError(f'injected: {self}')\n"
+                                      "        return _exists(self, *a, **k)\n"
+                                      "    pathlib.Path.exists = _check\n")
+    p = sweep(tmp_path, "--seeds", "0", "--jobs", "2", "--models", "test_micro", "demo_tiny", env_extra=env)
     assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-2000:]
     assert "Traceback" not in p.stderr
     (line,) = [ln for ln in p.stderr.splitlines() if ln.startswith("seed-sweep: failed:")]
