@@ -103,7 +103,7 @@ def pretrain_estimate_h(cfg: dict, model: str) -> float:
 
     p = pretrain_settings(cfg, model)
     flops = mae_train_flops_per_image(model, cfg["image_size"], 3, p["mask_ratio"], p["decoder_dim"],
-                                      p["decoder_depth"])
+                                      p["decoder_depth"], p["prediction_ratio"])
     total = flops * p["steps"] * p["batch_size"]
     devices = p["nodes"] * p["procs_per_node"]
     return total / (devices * p["device_peak_tflops"] * 1e12 * p["expected_mfu"]) / 3600

@@ -84,17 +84,64 @@ def _unfused(model):
     return model
 
 
-@pytest.mark.parametrize("name,img,dd,ddep", [("test_micro", 16, 32, 1), ("demo_base", 32, 64, 2)])
-def test_analytic_flops_match_flop_counter(name, img, dd, ddep):
-    m = _unfused(materialize(build_mae(name, img, 3, decoder_dim=dd, decoder_depth=ddep, decoder_heads=2), "cpu"))
+@pytest.mark.parametrize("name,img,dd,ddep,pr", [("test_micro", 16, 32, 1, 1.0), ("demo_base", 32, 64, 2, 1.0),
+                                                  ("demo_base", 32, 64, 2, 0.25), ("test_micro", 16, 32, 1, 0.5)])
+def test_analytic_flops_match_flop_counter(name, img, dd, ddep, pr):
+    m = _unfused(materialize(build_mae(name, img, 3, decoder_dim=dd, decoder_depth=ddep, decoder_heads=2,
+                                       prediction_ratio=pr), "cpu"))
     x = torch.randn(4, 3, img, img)
     with FlopCounterMode(display=False) as fc:
         m(x, 0.75)
-    assert fc.get_total_flops() / 4 == flops.mae_forward_flops(name, img, 3, 0.75, dd, ddep)
+    assert fc.get_total_flops() / 4 == flops.mae_forward_flops(name, img, 3, 0.75, dd, ddep, pr)
     with FlopCounterMode(display=False) as fc:
         m(x, 0.75)[0].backward()
-    train = flops.mae_train_flops_per_image(name, img, 3, 0.75, dd, ddep)
+    train = flops.mae_train_flops_per_image(name, img, 3, 0.75, dd, ddep, pr)
     assert fc.get_total_flops() / 4 == train
+
+
+def _micro(pr, seed=1):
+    return materialize(build_mae("test_micro", 16, 3, decoder_dim=16, decoder_depth=1, decoder_heads=2,
+                                 prediction_ratio=pr), "cpu", seed=seed)
+
+
+def test_partial_reconstruction_decodes_only_the_drawn_masked_patches():
+    """prediction_ratio 0.25 of 12 masked patches (of 16): the decoder runs on cls + 4 visible + 3 masked tokens,
+    and the loss moves with the pixels of those 3 patches only, not with the 9 masked ones left out."""
+    m = _micro(0.25)
+    seen = []
+    m.decoder_blocks[0].register_forward_pre_hook(lambda mod, a: seen.append(a[0].shape))
+    x, noise = torch.randn(2, 3, 16, 16), torch.rand(2, 16, generator=torch.Generator().manual_seed(0))
+    loss, pred, decoded = m(x, 0.75, noise)
+    assert seen == [(2, 1 + 4 + 3, 16)] and pred.shape == (2, 3, 4 * 4 * 3)
+    order = torch.argsort(noise, dim=1)
+    for b in range(2):  # the decoded patches: the first 3 of the masked part of the noise's order
+        assert set(decoded[b].nonzero().flatten().tolist()) == set(order[b, 4:7].tolist())
+
+    def patch_pixels(i):  # the pixels of patch i (row-major on the 4 x 4 grid of 4-px patches)
+        return slice(None), slice(4 * (i // 4), 4 * (i // 4) + 4), slice(4 * (i % 4), 4 * (i % 4) + 4)
+
+    skipped, used = order[0, 10].item(), order[0, 5].item()
+    y = x.clone()
+    y[0][patch_pixels(skipped)] += 3.0  # masked, not decoded: no input and no target of the step
+    assert m(y, 0.75, noise)[0].item() == loss.item()
+    y = x.clone()
+    y[0][patch_pixels(used)] += 3.0  # decoded: its target moved
+    assert m(y, 0.75, noise)[0].item() != pytest.approx(loss.item())
+
+
+def test_partial_reconstruction_of_every_masked_patch_is_mae():
+    """Decoding all the masked patches by the partial path (the decoder's tokens in another order) gives MAE's
+    loss: attention is order-blind and each token carries its position, so only rounding differs."""
+    full, part = _micro(1.0), _micro(1.0)
+    part.prediction_ratio = 0.999  # round(12 * 0.999) = 12: every masked patch, through forward_partial
+    for norm in (False, True):
+        full.norm_pix_loss = part.norm_pix_loss = norm
+        x, noise = torch.randn(3, 3, 16, 16), torch.rand(3, 16)
+        a, b = full(x, 0.75, noise), part(x, 0.75, noise)
+        assert torch.equal(a[2], b[2])  # every masked patch is in the loss
+        assert b[0].item() == pytest.approx(a[0].item(), rel=1e-5)
+    with pytest.raises(ValueError, match="prediction_ratio must be in"):
+        _micro(0.0)
 
 
 def test_encoder_flops_match_counter():

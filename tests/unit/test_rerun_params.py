@@ -97,6 +97,11 @@ def touched(before, after) -> set:
     # quarter turns in pretraining: the pretraining jobs and the profile cells (the loader's work)
     ("pretrain.augment_rot90", True, {"pretrain", "profile", "profile_ac"}),
     ("pretrain.per_model", {"demo_tiny": {"augment_rot90": True}}, {"pretrain"}),
+    # partial reconstruction changes the step: the pretraining jobs and the profile cells; at its default (1, MAE)
+    # it is in no params, so adding the key reran nothing
+    ("pretrain.prediction_ratio", 0.25, {"pretrain", "profile", "profile_ac"}),
+    ("pretrain.per_model", {"demo_tiny": {"prediction_ratio": 0.5}}, {"pretrain"}),
+    ("pretrain.prediction_ratio", 1.0, set()),
     ("pretrain.crop_scale", [0.5, 1.0], {"pretrain", "profile", "profile_ac"}),
     ("pretrain.per_model", {"demo_base": {"crop_scale": [0.5, 1.0]}}, {"profile", "profile_ac"}),
 ])

@@ -22,7 +22,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
 from ..common.seeding import param_generator
-from .registry import ViTSpec, get_spec
+from .registry import ViTSpec, decoded_masked, get_spec
 
 
 def sincos_pos_embed(dim: int, grid: int, cls_token: bool = True) -> torch.Tensor:
@@ -112,10 +112,14 @@ class MAE(nn.Module):
         decoder_depth: int = 8,
         decoder_heads: int = 16,
         norm_pix_loss: bool = False,
+        prediction_ratio: float = 1.0,
     ):
         super().__init__()
+        if not 0.0 < prediction_ratio <= 1.0:
+            raise ValueError(f"prediction_ratio must be in (0, 1], got {prediction_ratio}")
         self.encoder = ViTEncoder(spec, img_size, in_chans)
         self.patch, self.in_chans, self.norm_pix_loss = spec.patch, in_chans, norm_pix_loss
+        self.prediction_ratio = prediction_ratio
         self.decoder_embed = nn.Linear(spec.width, decoder_dim)
         self.mask_token = nn.Parameter(torch.empty(1, 1, decoder_dim))
         self.register_buffer("decoder_pos_embed", torch.empty(1, self.encoder.grid**2 + 1, decoder_dim), persistent=False)
@@ -177,16 +181,58 @@ class MAE(nn.Module):
         # wrapped module would drop its pre-backward hook (torch/distributed/fsdp/_fully_shard/_fsdp_state.py)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:, :].clone(memory_format=torch.contiguous_format)
 
-    def loss(self, imgs, pred, mask):
-        target = self.patchify(imgs)
+    def forward_partial(self, imgs, mask_ratio, noise=None):
+        """MAE with partial reconstruction: the decoder sees the visible tokens and only ``prediction_ratio`` of
+        the masked ones, and the loss is taken on those (Fu et al., "Rethinking Patch Dependence for Masked
+        Autoencoders", TMLR 2025, arXiv 2401.14391: MAE's encoder, not the decoder's mask-token interactions,
+        carries the reconstruction, so decoding a random subset of masked patches trains the encoder as well
+        at a fraction of the decoder's compute; CrossMAE reads them out with cross-attention, here MAE's own
+        self-attention decoder runs on the shorter sequence).
+
+        Which masked patches are decoded is drawn from the same ``noise`` as the mask: the first ones of the
+        masked part of its order, so a resumed run draws the same. Returns the loss, the predictions of the
+        decoded patches (b, k, p*p*c) and the mask of decoded patches (b, n; 1 = decoded and in the loss).
+        """
+        x = self.encoder.embed(imgs)
+        b, n, d = x.shape
+        keep = int(n * (1 - mask_ratio))
+        k = decoded_masked(n, mask_ratio, self.prediction_ratio)
+        if noise is None:
+            noise = torch.rand(b, n, device=x.device)
+        order = torch.argsort(noise, dim=1)
+        ids_keep, ids_pred = order[:, :keep], order[:, keep:keep + k]
+        kept = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, d))
+        latent = self.encoder.run_blocks(self.encoder.with_cls(kept))
+        y = self.decoder_embed(latent)
+        dd = y.shape[2]
+        pos = self.decoder_pos_embed.to(y.dtype)
+        grid_pos = pos[:, 1:, :].expand(b, -1, -1)
+        pos_keep = torch.gather(grid_pos, 1, ids_keep.unsqueeze(-1).expand(-1, -1, dd))
+        pos_pred = torch.gather(grid_pos, 1, ids_pred.unsqueeze(-1).expand(-1, -1, dd))
+        z = torch.cat([y[:, :1, :] + pos[:, :1, :], y[:, 1:, :] + pos_keep,
+                       self.mask_token.to(y.dtype).expand(b, k, -1) + pos_pred], dim=1)
+        for blk in self.decoder_blocks:
+            z = blk(z)
+        pred = self.decoder_pred(self.decoder_norm(z))[:, 1 + keep:, :].clone(memory_format=torch.contiguous_format)
+        target = torch.gather(self.patchify(imgs), 1, ids_pred.unsqueeze(-1).expand(-1, -1, pred.shape[2]))
+        decoded = torch.zeros(b, n, device=x.device).scatter_(1, ids_pred, 1.0)
+        return self._pixel_loss(pred, target).mean(), pred, decoded
+
+    def _pixel_loss(self, pred, target):
+        """Mean squared error per patch, against the patch's own mean and variance with ``norm_pix_loss``."""
         if self.norm_pix_loss:
             mean = target.mean(dim=-1, keepdim=True)
             var = target.var(dim=-1, keepdim=True)
             target = (target - mean) / (var + 1e-6) ** 0.5
-        per_patch = ((pred.float() - target.float()) ** 2).mean(dim=-1)
+        return ((pred.float() - target.float()) ** 2).mean(dim=-1)
+
+    def loss(self, imgs, pred, mask):
+        per_patch = self._pixel_loss(pred, self.patchify(imgs))
         return (per_patch * mask).sum() / mask.sum()
 
     def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None):
+        if self.prediction_ratio < 1.0:
+            return self.forward_partial(imgs, mask_ratio, noise)
         latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
         pred = self.forward_decoder(latent, ids_restore)
         return self.loss(imgs, pred, mask), pred, mask

@@ -88,3 +88,10 @@ def count_params(name: str, image_size: int = 224, in_chans: int = 3) -> int:
     patch_embed = in_chans * p * p * d + d
     block = 2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * m + m) + (m * d + d)
     return patch_embed + d + s.depth * block + 2 * d
+
+
+def decoded_masked(n: int, mask_ratio: float, prediction_ratio: float = 1.0) -> int:
+    """How many of an image's ``n`` patches' masked ones the decoder sees and reconstructs
+    (``pretrain.prediction_ratio``; geofm.models.mae.MAE.forward_partial): all of them at 1.0 (MAE)."""
+    masked = n - int(n * (1 - mask_ratio))
+    return masked if prediction_ratio >= 1.0 else max(1, round(masked * prediction_ratio))

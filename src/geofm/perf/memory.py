@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..distributed.strategies import ImpossibleStrategy, parse_strategy
-from ..models.registry import get_spec, num_patches
+from ..models.registry import decoded_masked, get_spec, num_patches
 from .workload import Workload
 
 GB = 2**30
@@ -83,9 +83,10 @@ def activation_bytes(w: Workload) -> float:
     s = get_spec(w.model)
     n = num_patches(w.model, w.image_size)
     patch_dim = s.patch * s.patch * w.in_chans
+    dec = int(n * (1 - w.mask_ratio)) + decoded_masked(n, w.mask_ratio, w.prediction_ratio)
     root = b * (w.in_chans * w.image_size**2 * 4  # images, fp32
                 + n * s.width * half * 2  # patch tokens before/after masking
-                + (n + 1) * w.decoder_dim * half * 2  # decoder input with mask tokens
+                + (dec + 1) * w.decoder_dim * half * 2  # decoder input with mask tokens
                 + n * patch_dim * 4 * 3)  # target, prediction, per-patch loss (fp32)
     return stored + recompute + root
 

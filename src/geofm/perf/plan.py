@@ -134,7 +134,7 @@ def pretrain_node_hours(cfg: dict, cluster: Cluster, cal: Calibration) -> dict:
         w = Workload.from_config(cfg, model, "pretrain", activation_checkpointing=get("activation_checkpointing"),
                                  precision=get("precision"), backward_prefetch=get("backward_prefetch"),
                                  mask_ratio=get("mask_ratio"), decoder_dim=get("decoder_dim"),
-                                 decoder_depth=get("decoder_depth"),
+                                 decoder_depth=get("decoder_depth"), prediction_ratio=get("prediction_ratio"),
                                  batch_per_gpu=max(1, get("batch_size") // (nodes * get("procs_per_node"))))
         r = cell(w, get("strategy"), nodes, cluster, cal)
         if not r.get("step_s"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ..models.registry import count_params, get_spec, num_patches
+from ..models.registry import count_params, decoded_masked, get_spec, num_patches
 from ..train import flops
 
 
@@ -59,6 +59,8 @@ class Workload:
     # BACKWARD_PRE/BACKWARD_POST and limit_all_gathers, arguments only FSDP1 has). They differ for a hybrid
     # with a 1-rank shard group (geofm.perf.model)
     fsdp_api: str = "fsdp2"
+    # the fraction of masked patches the decoder sees (pretrain.prediction_ratio; 1 = MAE: all of them)
+    prediction_ratio: float = 1.0
 
     def __post_init__(self):
         if self.fsdp_api not in ("fsdp1", "fsdp2"):
@@ -78,6 +80,7 @@ class Workload:
             batch = max(1, get("batch_size") // max(1, get("nodes") * get("procs_per_node")))
         d = dict(model=model, image_size=cfg["image_size"], mask_ratio=get("mask_ratio", "pretrain"),
                  decoder_dim=get("decoder_dim", "pretrain"), decoder_depth=get("decoder_depth", "pretrain"),
+                 prediction_ratio=get("prediction_ratio", "pretrain"),
                  batch_per_gpu=batch, precision=get("precision"),
                  activation_checkpointing=get("activation_checkpointing"), backward_prefetch=get("backward_prefetch"))
         d.update(over)
@@ -92,19 +95,20 @@ class Workload:
         n = num_patches(self.model, self.image_size)
         keep = int(n * (1 - self.mask_ratio))
         d, m, dd = s.width, s.mlp, self.decoder_dim
+        dec = keep + decoded_masked(n, self.mask_ratio, self.prediction_ratio)  # the decoder's tokens, less the cls
 
         def block_params(w, h):
             return 2 * 2 * w + (3 * w * w + 3 * w) + (w * w + w) + (w * h + h) + (h * w + w)
 
         out = [Unit(f"encoder.{i}", block_params(d, m), flops.block_flops(keep + 1, d, m), keep + 1, d, m)
                for i in range(s.depth)]
-        out += [Unit(f"decoder.{i}", block_params(dd, 4 * dd), flops.block_flops(n + 1, dd, 4 * dd), n + 1, dd, 4 * dd)
-                for i in range(self.decoder_depth)]
+        out += [Unit(f"decoder.{i}", block_params(dd, 4 * dd), flops.block_flops(dec + 1, dd, 4 * dd), dec + 1, dd,
+                     4 * dd) for i in range(self.decoder_depth)]
         total_fwd = flops.mae_forward_flops(self.model, self.image_size, self.in_chans, self.mask_ratio, dd,
-                                            self.decoder_depth)
+                                            self.decoder_depth, self.prediction_ratio)
         root_params = self.params_total() - sum(u.params for u in out)
         root_fwd = total_fwd - sum(u.fwd_flops for u in out)
-        return (Unit("root", root_params, root_fwd, n + 1, dd, 0), *out)
+        return (Unit("root", root_params, root_fwd, dec + 1, dd, 0), *out)
 
     def params_total(self) -> int:
         """Encoder + decoder parameters of the MAE (what FSDP shards and Adam updates)."""
@@ -118,7 +122,7 @@ class Workload:
     def train_flops_per_image(self) -> float:
         """Useful FLOPs per image (forward + backward, no recomputation): the MFU numerator."""
         return float(flops.mae_train_flops_per_image(self.model, self.image_size, self.in_chans, self.mask_ratio,
-                                                     self.decoder_dim, self.decoder_depth))
+                                                     self.decoder_dim, self.decoder_depth, self.prediction_ratio))
 
     def checkpointed(self, i_block: int) -> bool:
         k = self.activation_checkpointing

@@ -45,7 +45,7 @@ def workload_of(cfg: TrainConfig, world: int) -> Workload:
     """The run as the memory and performance models see it (``geofm.perf``)."""
     return Workload(cfg.model, cfg.image_size, cfg.in_chans, cfg.mask_ratio, cfg.decoder_dim, cfg.decoder_depth,
                     max(1, cfg.batch_size // max(world, 1)), cfg.precision, cfg.activation_checkpointing,
-                    cfg.backward_prefetch)
+                    cfg.backward_prefetch, prediction_ratio=cfg.prediction_ratio)
 
 
 def feasibility(cfg: TrainConfig, world: int, device_memory_gb: float | None) -> tuple[str, float | None]:
@@ -211,7 +211,7 @@ def profile_run(cfg: TrainConfig, nodes: int, warmup_steps: int, steps: int, dev
     loader_ips = nb * (cfg.batch_size // world) / (time.perf_counter() - t)
     n_patch = num_patches(cfg.model, cfg.image_size)
     fl_img = flops.mae_train_flops_per_image(cfg.model, cfg.image_size, cfg.in_chans, cfg.mask_ratio,
-                                             cfg.decoder_dim, cfg.decoder_depth)
+                                             cfg.decoder_dim, cfg.decoder_depth, cfg.prediction_ratio)
     peak, peak_src = metrics.peak_tflops(device, cfg.precision)
     metrics.reset_peak_memory(device)
     rows = []

@@ -7,7 +7,7 @@ counted (MFU measures useful work).
 """
 from __future__ import annotations
 
-from .. models.registry import get_spec, num_patches
+from .. models.registry import decoded_masked, get_spec, num_patches
 
 
 def block_flops(tokens: int, width: int, mlp: int) -> int:
@@ -17,17 +17,19 @@ def block_flops(tokens: int, width: int, mlp: int) -> int:
 
 
 def mae_forward_flops(model: str, image_size: int, in_chans: int = 3, mask_ratio: float = 0.75,
-                      decoder_dim: int = 512, decoder_depth: int = 8) -> int:
-    """Forward FLOPs of one image through the MAE (encoder on visible tokens, decoder on all)."""
+                      decoder_dim: int = 512, decoder_depth: int = 8, prediction_ratio: float = 1.0) -> int:
+    """Forward FLOPs of one image through the MAE (encoder on visible tokens, decoder on them and on the
+    decoded masked ones: all at ``prediction_ratio`` 1)."""
     s = get_spec(model)
     n = num_patches(model, image_size)
     keep = int(n * (1 - mask_ratio))
+    dec = keep + decoded_masked(n, mask_ratio, prediction_ratio)
     patch_dim = s.patch * s.patch * in_chans
     f = 2 * n * patch_dim * s.width  # patch embedding sees every patch before masking
     f += s.depth * block_flops(keep + 1, s.width, s.mlp)
     f += 2 * (keep + 1) * s.width * decoder_dim  # decoder_embed
-    f += decoder_depth * block_flops(n + 1, decoder_dim, 4 * decoder_dim)
-    f += 2 * (n + 1) * decoder_dim * patch_dim  # decoder_pred
+    f += decoder_depth * block_flops(dec + 1, decoder_dim, 4 * decoder_dim)
+    f += 2 * (dec + 1) * decoder_dim * patch_dim  # decoder_pred
     return f
 
 
@@ -38,8 +40,9 @@ def encoder_forward_flops(model: str, image_size: int, in_chans: int = 3) -> int
 
 
 def mae_train_flops_per_image(model: str, image_size: int, in_chans: int = 3, mask_ratio: float = 0.75,
-                              decoder_dim: int = 512, decoder_depth: int = 8) -> int:
+                              decoder_dim: int = 512, decoder_depth: int = 8, prediction_ratio: float = 1.0) -> int:
     s = get_spec(model)
     patch_embed = 2 * num_patches(model, image_size) * s.patch * s.patch * in_chans * s.width
     # the images need no gradient: the patch embedding's backward is its weight gradient only
-    return 3 * mae_forward_flops(model, image_size, in_chans, mask_ratio, decoder_dim, decoder_depth) - patch_embed
+    return 3 * mae_forward_flops(model, image_size, in_chans, mask_ratio, decoder_dim, decoder_depth,
+                                 prediction_ratio) - patch_embed

@@ -67,6 +67,7 @@ class TrainConfig:
     grad_clip: float = _default("grad_clip")
     mask_ratio: float = _default("mask_ratio")
     norm_pix_loss: bool = _default("norm_pix_loss")
+    prediction_ratio: float = _default("prediction_ratio")
     decoder_dim: int = _default("decoder_dim")
     decoder_depth: int = _default("decoder_depth")
     decoder_heads: int = _default("decoder_heads")
@@ -144,7 +145,7 @@ def build_model(cfg: TrainConfig, world_size: int, device: torch.device):
     strat = parse_strategy(cfg.strategy)
     model = build_mae(cfg.model, cfg.image_size, cfg.in_chans, device="meta", decoder_dim=cfg.decoder_dim,
                       decoder_depth=cfg.decoder_depth, decoder_heads=cfg.decoder_heads,
-                      norm_pix_loss=cfg.norm_pix_loss)
+                      norm_pix_loss=cfg.norm_pix_loss, prediction_ratio=cfg.prediction_ratio)
     apply_activation_checkpointing(model, cfg.activation_checkpointing)
     if cfg.compile:
         apply_compile(model)
@@ -218,7 +219,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict:
     stop = StopRequest()  # SIGUSR1 (sbatch --signal=USR1@s) / SIGTERM: checkpoint at this step, then exit
     n_patch = num_patches(cfg.model, cfg.image_size)
     fl_img = flops.mae_train_flops_per_image(cfg.model, cfg.image_size, cfg.in_chans, cfg.mask_ratio,
-                                             cfg.decoder_dim, cfg.decoder_depth)
+                                             cfg.decoder_dim, cfg.decoder_depth, cfg.prediction_ratio)
     peak, peak_src = metrics.peak_tflops(device, cfg.precision)
     metrics.reset_peak_memory(device)
     sopts = step_options(cfg, use_autocast)
