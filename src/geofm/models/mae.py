@@ -132,19 +132,26 @@ class MAE(nn.Module):
 
     # -- masking -------------------------------------------------------------------------------------
     @staticmethod
-    def random_masking(x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
-        """Keep a random (1 - mask_ratio) subset of tokens per sample by argsort of noise, gather them.
-
-        Returns the kept tokens, the binary mask (1 = removed) and the indices that restore the order.
-        """
+    def shuffle_keep(x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
+        """The tokens' order by argsort of ``noise`` (per sample; fresh uniform noise where none is given) and
+        the first ``keep`` = n (1 - mask_ratio) of that order gathered: (kept tokens, order, keep)."""
         b, n, d = x.shape
         keep = int(n * (1 - mask_ratio))
         if noise is None:
             noise = torch.rand(b, n, device=x.device)
         ids_shuffle = torch.argsort(noise, dim=1)
+        kept = torch.gather(x, 1, ids_shuffle[:, :keep].unsqueeze(-1).expand(-1, -1, d))
+        return kept, ids_shuffle, keep
+
+    @staticmethod
+    def random_masking(x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
+        """Keep a random (1 - mask_ratio) subset of tokens per sample by argsort of noise, gather them.
+
+        Returns the kept tokens, the binary mask (1 = removed) and the indices that restore the order.
+        """
+        b, n, _ = x.shape
+        kept, ids_shuffle, keep = MAE.shuffle_keep(x, mask_ratio, noise)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
-        ids_keep = ids_shuffle[:, :keep]
-        kept = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, d))
         mask = torch.ones(b, n, device=x.device)
         mask[:, :keep] = 0
         mask = torch.gather(mask, 1, ids_restore)
@@ -194,14 +201,10 @@ class MAE(nn.Module):
         decoded patches (b, k, p*p*c) and the mask of decoded patches (b, n; 1 = decoded and in the loss).
         """
         x = self.encoder.embed(imgs)
-        b, n, d = x.shape
-        keep = int(n * (1 - mask_ratio))
+        b, n, _ = x.shape
+        kept, order, keep = self.shuffle_keep(x, mask_ratio, noise)
         k = decoded_masked(n, mask_ratio, self.prediction_ratio)
-        if noise is None:
-            noise = torch.rand(b, n, device=x.device)
-        order = torch.argsort(noise, dim=1)
         ids_keep, ids_pred = order[:, :keep], order[:, keep:keep + k]
-        kept = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, d))
         latent = self.encoder.run_blocks(self.encoder.with_cls(kept))
         y = self.decoder_embed(latent)
         dd = y.shape[2]
