@@ -197,7 +197,9 @@ class MAE(nn.Module):
         self-attention decoder runs on the shorter sequence).
 
         Which masked patches are decoded is drawn from the same ``noise`` as the mask: the first ones of the
-        masked part of its order, so a resumed run draws the same. Returns the loss, the predictions of the
+        masked part of its order, so a resumed run draws the same (CrossMAE's ``models_cross.py`` takes the last
+        ones of the order: the same uniform draw). ``prediction_ratio`` is a share of the *masked* patches;
+        CrossMAE's ``kept_mask_ratio`` is a share of *all* patches (its default 0.5 at mask ratio 0.75 is 2/3 here). Returns the loss, the predictions of the
         decoded patches (b, k, p*p*c) and the mask of decoded patches (b, n; 1 = decoded and in the loss).
         """
         x = self.encoder.embed(imgs)
