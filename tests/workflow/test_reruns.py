@@ -181,6 +181,26 @@ def test_forcerun_pretrain_retrains_and_protected_encoders_stay(study, tmp_path)
     assert enc.stat().st_mtime_ns == stamp
 
 
+def test_every_pretraining_runs_before_the_evaluations_ready_beside_it(study, tmp_path):
+    """On one core, with both encoders (and what was made of them) gone: after the first pretraining its evaluations are ready beside the
+    second pretraining, and the second pretraining goes first (the rule's priority; without it Snakemake's greedy
+    scheduler ranks ready jobs by the bytes of their inputs, snakemake 9.27 scheduling/greedy.py job_reward,
+    and the evaluations, the encoder among their inputs, won). Locally that runs a 1-core pretraining beside
+    the evaluations instead of alone after them; under Slurm the long jobs are submitted first."""
+    proj = copy_study(study, tmp_path / "copy")
+    # the encoders and what was made from them: Snakemake remakes a missing file only where a target needs it
+    for made in ("pretrain", "eval", "tables", "figures"):
+        shutil.rmtree(proj / "results" / made)
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "tiny.yaml"]
+    res = subprocess.run(cmd, cwd=proj, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    started = re.findall(r"^\s*(?:local)?rule (\w+):$", res.stdout + res.stderr, re.M)
+    pretrainings = [i for i, rule in enumerate(started) if rule == "pretrain"]
+    evaluations = [i for i, rule in enumerate(started) if rule == "evaluate"]
+    assert len(pretrainings) == 2 and evaluations, started
+    assert max(pretrainings) < min(evaluations), started
+
+
 AS_ORDINARY_USER = """
 import os, runpy, sys
 real = os.access

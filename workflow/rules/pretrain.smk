@@ -23,6 +23,13 @@ rule pretrain:
     params:
         cfg=lambda wc: rule_params(config, "pretrain", model=wc.model),
     retries: max(pretrain_settings(config, m)["retries"] for m in MODELS)
+    # Every pretraining before any job that is ready beside it: Snakemake's schedulers rank ready jobs by
+    # priority first, then (greedy) by the bytes of their inputs (snakemake 9.27 scheduling/greedy.py
+    # job_reward; milp.py puts priority first in its objective), which otherwise picks the evaluations of a
+    # finished encoder (the encoder among their inputs) over the next model's pretraining. Locally the 1-core
+    # pretraining then runs beside those evaluations instead of alone after them; under Slurm the long jobs
+    # enter the queue first.
+    priority: 10
     threads: lambda wc: pretrain_threads(wc.model)
     resources:
         nodes=lambda wc: pretrain_geometry(wc.model)[0],
