@@ -181,12 +181,15 @@ def test_forcerun_pretrain_retrains_and_protected_encoders_stay(study, tmp_path)
     assert enc.stat().st_mtime_ns == stamp
 
 
-def test_every_pretraining_runs_before_the_evaluations_ready_beside_it(study, tmp_path):
-    """On one core, with both encoders (and what was made of them) gone: after the first pretraining its evaluations are ready beside the
-    second pretraining, and the second pretraining goes first (the rule's priority; without it Snakemake's greedy
-    scheduler ranks ready jobs by the bytes of their inputs, snakemake 9.27 scheduling/greedy.py job_reward,
-    and the evaluations, the encoder among their inputs, won). Locally that runs a 1-core pretraining beside
-    the evaluations instead of alone after them; under Slurm the long jobs are submitted first."""
+def test_ready_jobs_run_longest_kind_first(study, tmp_path):
+    """On one core, with both encoders (and what was made of them) gone, the jobs start in the order of the rules'
+    priorities: every pretraining, then every linear probe, then every kNN. After the first pretraining its
+    evaluations are ready beside the second pretraining; without the priorities Snakemake's greedy scheduler
+    ranks ready jobs by the bytes of their inputs (snakemake 9.27 scheduling/greedy.py job_reward), so those
+    evaluations (the encoder among their inputs) went first, and jobs with the same inputs (a model's linear
+    probe and kNN of one dataset) in the order it found them. Locally a 1-core pretraining then runs beside the
+    evaluations instead of alone after them, and the longest evaluation does not start last; under Slurm the
+    long jobs are submitted first."""
     proj = copy_study(study, tmp_path / "copy")
     # the encoders and what was made from them: Snakemake remakes a missing file only where a target needs it
     for made in ("pretrain", "eval", "tables", "figures"):
@@ -194,11 +197,18 @@ def test_every_pretraining_runs_before_the_evaluations_ready_beside_it(study, tm
     cmd = [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "tiny.yaml"]
     res = subprocess.run(cmd, cwd=proj, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    started = re.findall(r"^\s*(?:local)?rule (\w+):$", res.stdout + res.stderr, re.M)
-    pretrainings = [i for i, rule in enumerate(started) if rule == "pretrain"]
-    evaluations = [i for i, rule in enumerate(started) if rule == "evaluate"]
-    assert len(pretrainings) == 2 and evaluations, started
-    assert max(pretrainings) < min(evaluations), started
+    started = []  # (rule, protocol or "") in the order the jobs started
+    for line in res.stderr.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):$", line.strip())
+        if m:
+            started.append([m.group(1), ""])
+        m = re.match(r"^wildcards: .*protocol=(\w+)", line.strip())
+        if m and started:
+            started[-1][1] = m.group(1)
+    kinds = [f"{rule}:{protocol}" if protocol else rule for rule, protocol in started if rule in ("pretrain", "evaluate")]
+    rank = {"pretrain": 0, "evaluate:linprobe": 1, "evaluate:knn": 2}
+    assert kinds.count("pretrain") == 2 and kinds.count("evaluate:linprobe") == kinds.count("evaluate:knn") == 2, kinds
+    assert [rank[k] for k in kinds] == sorted(rank[k] for k in kinds), kinds
 
 
 AS_ORDINARY_USER = """

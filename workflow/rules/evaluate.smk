@@ -21,6 +21,12 @@ EVAL_RESOURCES = dict(
     site_env="",
 )
 
+# Among ready evaluations the longest first (below every pretraining, rules/pretrain.smk): a fine-tuning, then a
+# linear probe (its frozen encoder over evaluate.linprobe_views augmented views of the training images), then kNN
+# (one pass). Snakemake otherwise orders jobs with equal inputs as it finds them, and the last job to start on a
+# 2-core machine was the longest one, a linear probe of 50 s with the other core idle.
+EVAL_PRIORITY = {"finetune": 3, "linprobe": 2, "knn": 1}
+
 if config["evaluate"]["bundle"]:
 
     rule evaluate:
@@ -61,6 +67,7 @@ else:
             cfg=lambda wc: rule_params(config, "evaluate", protocol=wc.protocol, model=wc.model,
                                        dataset=wc.dataset, train_ratio=eval_ratio(wc)),
             ratio=lambda wc: "" if eval_ratio(wc) is None else f"--train-ratio {eval_ratio(wc)}",
+        priority: lambda wc: EVAL_PRIORITY.get(wc.protocol, 0)
         threads: lambda wc: rank_threads(math.prod(evaluate_geometry(wc.model)))
         resources:
             **EVAL_RESOURCES,
