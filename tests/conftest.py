@@ -28,3 +28,21 @@ def paper_dry_run(tmp_path_factory):
                        env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return wd, p.stdout + p.stderr
+
+
+def _sitecustomize_env(tmp: Path, code: str) -> dict:
+    """The environment that makes every Python process started with it run ``code`` at start-up: Python's site
+    module imports a ``sitecustomize`` module from sys.path after setting it up (docs.python.org/3/library/
+    site.html), and PYTHONPATH comes before site-packages there. Child processes (a sweep's stages, torchrun's
+    ranks) inherit it too."""
+    inject = tmp / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(code)
+    rest = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
+    return {"PYTHONPATH": os.pathsep.join([str(inject)] + rest)}
+
+
+@pytest.fixture(scope="session")
+def sitecustomize_env():
+    """``sitecustomize_env(tmp, code)``: the extra environment that runs ``code`` in every Python process."""
+    return _sitecustomize_env

@@ -466,6 +466,11 @@ def main(argv: list[str] | None = None) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError's str() adds quotes
         print(f"geofm {args.cmd}: error: {msg}", file=sys.stderr)
         return 1
+    finally:
+        # what still holds a finished run's process group goes now, not at interpreter finalisation
+        from .distributed.launch import release
+
+        release()
     return 0
 
 

@@ -58,9 +58,9 @@ def clean_env() -> dict:
     return env
 
 
-def cli(*args, timeout=240):
-    res = subprocess.run([sys.executable, "-m", "geofm.cli", *map(str, args)], env=clean_env(), capture_output=True,
-                         text=True, timeout=timeout)
+def cli(*args, timeout=240, env_extra=None):
+    res = subprocess.run([sys.executable, "-m", "geofm.cli", *map(str, args)], env={**clean_env(), **(env_extra or {})},
+                         capture_output=True, text=True, timeout=timeout)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return res
 
@@ -73,18 +73,48 @@ def profile(cfg, out, model="test_micro", strategy="FULL_SHARD", nodes=1, varian
 
 
 # ----------------------------------------------------------------------------- 2 gloo ranks
+# Run by each rank's interpreter as it starts to exit (atexit, before finalisation): the FSDP2 modules and device
+# meshes still in memory, collected garbage or not (gc.get_objects lists uncollected cycles too).
+AT_EXIT_PROBE = """
+import atexit, gc, os
+def _probe():
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.fsdp import FSDPModule
+    live = gc.get_objects()
+    with open(os.environ["GEOFM_TEST_AT_EXIT"], "a") as fh:
+        fh.write(f"rank {os.environ.get('RANK')} fsdp {sum(isinstance(o, FSDPModule) for o in live)} "
+                 f"mesh {sum(isinstance(o, DeviceMesh) for o in live)}\\n")
+if os.environ.get("RANK") is not None:
+    atexit.register(_probe)
+"""
+
+
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
+def two_ranks(tmp_path_factory, sitecustomize_env):
     """base and noprefetch of one cell on 2 gloo ranks (one local torchrun each). An impossible cell's record is
     checked on one rank (test_single_rank_variants_and_impossible_cells) and the 2-rank shard-group rule in
-    test_feasibility: the same code, without a third launch."""
+    test_feasibility: the same code, without a third launch. The base run's ranks also report, as they exit, what
+    FSDP2 objects they still hold (``at_exit``)."""
     tmp = tmp_path_factory.mktemp("two")
     cfg = write_cfg(tmp, procs_per_node=2)
+    at_exit = tmp / "at_exit.txt"
+    probe = {**sitecustomize_env(tmp, AT_EXIT_PROBE), "GEOFM_TEST_AT_EXIT": str(at_exit)}
     out = {}
     for variant in ("base", "noprefetch"):
         out[variant] = tmp / f"{variant}.json"
-        cli(*profile(cfg, out[variant], variant=variant))
-    return {k: json.loads(v.read_text()) for k, v in out.items()}
+        cli(*profile(cfg, out[variant], variant=variant), env_extra=probe if variant == "base" else None)
+    return {**{k: json.loads(v.read_text()) for k, v in out.items()}, "at_exit": at_exit.read_text()}
+
+
+def test_ranks_free_their_fsdp_modules_before_exit(two_ranks):
+    """An FSDP2 module holds its shards, its collectives' work and (through its device mesh) the gloo process group
+    in reference cycles that only the garbage collector frees. Left to interpreter finalisation, tensors with
+    Python references are destroyed while it is torn down and a rank can abort after its work is done ("terminate
+    called without an active exception", exit -6: rank 1 of this fixture's run in one CI suite; pytorch/pytorch
+    PR 179291's description). ``geofm`` collects them when its command returns (geofm.distributed.launch.release):
+    at exit no rank holds any (4 each before). The device mesh stays in DTensor's private caches until exit."""
+    lines = sorted(re.sub(r" mesh \d+", "", ln) for ln in two_ranks["at_exit"].splitlines())
+    assert lines == ["rank 0 fsdp 0", "rank 1 fsdp 0"], two_ranks["at_exit"]
 
 
 def test_variants_record_their_settings(two_ranks):

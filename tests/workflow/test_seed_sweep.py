@@ -126,18 +126,7 @@ def test_another_config_into_the_same_folder_is_refused(swept):
     assert sorted(str(q.relative_to(out)) for q in out.rglob("*")) == before
 
 
-def sitecustomize_env(tmp, code: str) -> dict:
-    """The environment that makes every Python process of the sweep run ``code`` at start-up: Python's site
-    module imports a ``sitecustomize`` module from sys.path after setting it up (docs.python.org/3/library/
-    site.html), and PYTHONPATH comes before site-packages there. The sweep's stages inherit it too."""
-    inject = tmp / "inject"
-    inject.mkdir()
-    (inject / "sitecustomize.py").write_text(code)
-    rest = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
-    return {"PYTHONPATH": os.pathsep.join([str(inject)] + rest)}
-
-
-def test_the_chains_of_one_seed_run_side_by_side(tmp_path):
+def test_the_chains_of_one_seed_run_side_by_side(tmp_path, sitecustomize_env):
     """Under --jobs 2 a seed's chains (one per model) start together. Each needs the seed's link to the common
     tiles; when each chain made it itself, after checking it was missing, the second one to get there raised
     FileExistsError and that seed x model was lost (seen at demo-real's seed 6). Here creating a link takes
@@ -159,7 +148,7 @@ def test_the_chains_of_one_seed_run_side_by_side(tmp_path):
     assert (out / "seed-0" / "tiles").resolve() == (out / "common" / "tiles").resolve()
 
 
-def test_a_chain_that_raises_is_reported_and_the_others_are_tallied(tmp_path):
+def test_a_chain_that_raises_is_reported_and_the_others_are_tallied(tmp_path, sitecustomize_env):
     """A seed x model chain that raises (here: the sweep's own check for demo_tiny's encoder, made to fail by a
     sitecustomize in the sweep's process only) is a failed chain: exit 1, named on stderr in one line, and the
     other model's cells still run and are tallied -- not a traceback in place of the tables."""

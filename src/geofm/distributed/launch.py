@@ -119,3 +119,18 @@ def shutdown() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+
+def release() -> None:
+    """Free a finished run's FSDP2 modules while the interpreter is whole (the CLI calls this when a command
+    returns). They hold their parameters' shards, the pending collectives' work and, through their device mesh,
+    the process group, in reference cycles that only the garbage collector frees: left to interpreter
+    finalisation, tensors with Python references are destroyed while it is torn down, the SIGABRT that
+    pytorch/pytorch PR 179291 describes for gloo ("terminate called without an active exception", exit -6; a
+    rank of a 2-rank profile cell aborted so once in a CI suite after its record was written). The device mesh
+    itself stays in DTensor's private caches (sharding propagation) until exit; the group it names was shut
+    down by destroy_process_group."""
+    import gc
+
+    gc.collect()
