@@ -8,7 +8,7 @@ from snakemake.utils import min_version
 from geofm.config import ConfigError, type_overrides
 from geofm.config import validate as validate_config
 
-min_version("9.0")
+min_version("9.17")  # callable rule priorities (workflow/rules/evaluate.smk), snakemake PR 3253, v9.17.0
 
 
 # The embedded demo is the default; a config file given on the command line or by a profile replaces it

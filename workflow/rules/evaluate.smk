@@ -25,7 +25,7 @@ EVAL_RESOURCES = dict(
 # linear probe (its frozen encoder over evaluate.linprobe_views augmented views of the training images), then kNN
 # (one pass). Snakemake otherwise orders jobs with equal inputs as it finds them, and the last job to start on a
 # 2-core machine was the longest one, a linear probe of 50 s with the other core idle.
-EVAL_PRIORITY = {"finetune": 3, "linprobe": 2, "knn": 1}
+EVAL_PRIORITY = {"finetune": 3, "linprobe": 2, "knn": 1}  # a function of the wildcards below: Snakemake >= 9.17 (PR 3253)
 
 if config["evaluate"]["bundle"]:
 
